@@ -1,0 +1,88 @@
+"""labkit: the library behind the course "Scaling Python across cores".
+
+The names most labs need are importable from here; each lives in a small module of its own:
+
+- :mod:`labkit.cores`: :func:`usable_cores`, :func:`measure_parallelism`
+- :mod:`labkit.workloads`: tasks with known answers (:func:`count_primes`, :func:`hash_password`, ...)
+- :mod:`labkit.probe`: :class:`LoopProbe`, event-loop lag and utilization
+- :mod:`labkit.apps`: the demo web app and :class:`AppServer` to run it in the background
+- :mod:`labkit.measure`: experiments' measurements (:func:`trace_latency`, ...)
+- :mod:`labkit.plots` and :mod:`labkit.widgets`: pictures and live views of the above
+
+Importing labkit has no side effects: no signal handlers, no atexit hooks, no plotting styles.
+Heavy modules (plots, widgets) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .cores import CoreInfo, Parallelism, measure_parallelism, usable_cores
+from .errors import ConfigurationError, LabkitError, NoRunningLoopError, ServerStartError
+from .probe import LagStats, LoopProbe
+from .workloads import async_io_wait, blur, count_primes, hash_password, io_wait, make_image, spin
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # cores
+    "CoreInfo",
+    "Parallelism",
+    "usable_cores",
+    "measure_parallelism",
+    # errors
+    "LabkitError",
+    "ConfigurationError",
+    "NoRunningLoopError",
+    "ServerStartError",
+    # probe
+    "LoopProbe",
+    "LagStats",
+    # workloads
+    "count_primes",
+    "hash_password",
+    "blur",
+    "make_image",
+    "io_wait",
+    "async_io_wait",
+    "spin",
+    # loaded on first use
+    "AppServer",
+    "demo_app",
+    "trace_latency",
+    "LatencyTrace",
+    "plots",
+    "widgets",
+]
+
+# name -> module that defines it; imported the first time the name is used (PEP 562), so that
+# `import labkit` stays fast and does not pull in tornado, matplotlib or ipywidgets.
+_LAZY = {
+    "AppServer": "labkit.apps",
+    "demo_app": "labkit.apps",
+    "trace_latency": "labkit.measure",
+    "LatencyTrace": "labkit.measure",
+    "plots": "labkit.plots",
+    "widgets": "labkit.widgets",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import plots, widgets
+    from .apps import AppServer, demo_app
+    from .measure import LatencyTrace, trace_latency
+
+
+def __getattr__(name: str):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'labkit' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name.rsplit(".", 1)[-1] == name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,69 @@
+"""Exercises and grading: the authoring format, exercise generation, and (soon) checks and grades.
+
+- :mod:`labkit.grading.notebook`: the format of solutions notebooks (:func:`parse_parts`,
+  :func:`exercise_id`, :class:`Part`, :class:`AssignError`)
+- :mod:`labkit.grading.assign`: solutions to student exercises (:func:`assign`, :func:`outdated`)
+
+Importing this package is cheap and has no side effects: nbformat, the one heavy dependency, is
+imported only when a notebook is read or written.
+"""
+
+from __future__ import annotations
+
+# The submodules are small and import nothing heavy (nbformat loads inside the functions that
+# read or write notebooks), so they are imported eagerly. That also settles a name clash: loading
+# the submodule ``labkit.grading.assign`` binds the package attribute ``assign`` to the module;
+# ``from .assign import assign`` loads it and then rebinds the name to the function, for good,
+# since later imports find the module in sys.modules and leave the package's attributes alone.
+# A lazy (PEP 562) re-export would lose that race whenever the submodule is imported first.
+from .assign import (
+    ANSWER_STUB,
+    CODE_STUB,
+    DEFAULT_HINT,
+    AssignReport,
+    NotebookReport,
+    StaleExercise,
+    assign,
+    make_exercise,
+    outdated,
+)
+from .notebook import (
+    BEGIN_SOLUTION,
+    CHECK_KEYS,
+    END_SOLUTION,
+    AssignError,
+    Part,
+    Region,
+    describe_cell,
+    exercise_id,
+    find_regions,
+    notebook_text,
+    parse_parts,
+    read_notebook,
+)
+
+__all__ = [
+    # notebook: the authoring format
+    "AssignError",
+    "Part",
+    "Region",
+    "BEGIN_SOLUTION",
+    "END_SOLUTION",
+    "CHECK_KEYS",
+    "exercise_id",
+    "parse_parts",
+    "find_regions",
+    "read_notebook",
+    "notebook_text",
+    "describe_cell",
+    # assign: exercise generation
+    "CODE_STUB",
+    "ANSWER_STUB",
+    "DEFAULT_HINT",
+    "NotebookReport",
+    "AssignReport",
+    "StaleExercise",
+    "make_exercise",
+    "assign",
+    "outdated",
+]

@@ -1,0 +1,151 @@
+"""Measurements the labs make: latency seen by a client, and the verdicts drawn from them.
+
+:func:`trace_latency` is the experiment of lab 01. It plays a user who keeps asking a server for a
+cheap page (``/fast``) while another user asks for an expensive one (``/hash``):
+
+    time ──────────────────────────────────────────────────────────────────────────▶
+    /fast   ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪ ▪     one request every `interval`
+    /hash         ├──────── heavy request ────────┤
+    result  fast answers stay fast if the server's loop is free while it hashes,
+            and queue up behind the hash if the loop itself is hashing.
+
+It runs on the caller's event loop (the notebook kernel's) and only awaits, so the kernel stays
+responsive; the server must run elsewhere (see :class:`labkit.apps.AppServer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from .errors import ConfigurationError
+
+__all__ = ["LatencyTrace", "trace_latency"]
+
+# Time allowed for any single request of a trace. A heavy request on a loaded 2-core machine can
+# take seconds; anything past this is a hung server, not a slow one.
+REQUEST_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class LatencyTrace:
+    """What :func:`trace_latency` saw. Times are seconds from the start of the trace.
+
+    Attributes:
+        sent: when each fast request was sent.
+        latency_ms: how long each fast request took, in the same order.
+        heavy_start, heavy_end: when the heavy request was sent and answered.
+        heavy_path, fast_path: what was requested.
+    """
+
+    sent: tuple[float, ...]
+    latency_ms: tuple[float, ...]
+    heavy_start: float
+    heavy_end: float
+    heavy_path: str
+    fast_path: str
+
+    @property
+    def heavy_ms(self) -> float:
+        """How long the heavy request took, in milliseconds."""
+        return 1e3 * (self.heavy_end - self.heavy_start)
+
+    def during(self) -> list[float]:
+        """Latencies (ms) of fast requests sent while the heavy request was in flight."""
+        return [lat for t, lat in zip(self.sent, self.latency_ms) if self.heavy_start <= t < self.heavy_end]
+
+    def outside(self) -> list[float]:
+        """Latencies (ms) of fast requests sent before or after the heavy request."""
+        return [lat for t, lat in zip(self.sent, self.latency_ms) if not self.heavy_start <= t < self.heavy_end]
+
+    @property
+    def worst_during_ms(self) -> float:
+        """The slowest fast request sent during the heavy one (0.0 if none was sent)."""
+        return max(self.during(), default=0.0)
+
+    @property
+    def typical_outside_ms(self) -> float:
+        """Median latency of fast requests outside the heavy request (0.0 if none)."""
+        outside = self.outside()
+        return statistics.median(outside) if outside else 0.0
+
+    def blocked_fraction(self) -> float:
+        """Worst fast latency during the heavy request as a fraction of the heavy request's time.
+
+        Near 1: a fast request waited for the whole heavy one (the loop was blocked). Near 0: fast
+        requests were served while the heavy one computed elsewhere.
+        """
+        return self.worst_during_ms / self.heavy_ms if self.heavy_ms > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line: heavy time, typical and worst fast latency."""
+        return (
+            f"{self.heavy_path} took {self.heavy_ms:.0f} ms; {self.fast_path} took "
+            f"{self.typical_outside_ms:.1f} ms before/after and up to {self.worst_during_ms:.0f} ms during it"
+        )
+
+
+async def trace_latency(
+    base_url: str,
+    heavy_path: str = "/hash?mode=sync",
+    fast_path: str = "/fast",
+    *,
+    interval: float = 0.02,
+    before: float = 0.3,
+    after: float = 0.3,
+) -> LatencyTrace:
+    """Send ``fast_path`` every ``interval`` seconds, with one ``heavy_path`` request in the middle.
+
+    The fast requests start ``before`` seconds ahead of the heavy one and go on until ``after``
+    seconds past its answer. Every request must succeed; an HTTP error raises with its status.
+    """
+    if interval <= 0 or before < 0 or after < 0:
+        raise ConfigurationError("interval must be positive and before/after non-negative")
+    client = AsyncHTTPClient(force_instance=True, max_clients=1000)
+    start = time.perf_counter()
+    fast_tasks: list[asyncio.Task] = []
+    heavy_window: list[float] = []
+    done = asyncio.Event()
+
+    async def timed_get(path: str) -> tuple[float, float]:
+        sent = time.perf_counter() - start
+        try:
+            await client.fetch(base_url + path, request_timeout=REQUEST_TIMEOUT)
+        except HTTPClientError as exc:
+            raise ConfigurationError(f"GET {path} failed with HTTP {exc.code}: {exc.message}") from None
+        return sent, time.perf_counter() - start
+
+    async def heavy() -> None:
+        await asyncio.sleep(before)
+        sent, answered = await timed_get(heavy_path)
+        heavy_window.extend((sent, answered))
+        await asyncio.sleep(after)
+        done.set()
+
+    heavy_task = asyncio.ensure_future(heavy())
+    try:
+        while not done.is_set():
+            fast_tasks.append(asyncio.ensure_future(timed_get(fast_path)))
+            try:
+                await asyncio.wait_for(done.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+        await heavy_task
+        results = await asyncio.gather(*fast_tasks)
+    finally:
+        for task in [heavy_task, *fast_tasks]:
+            task.cancel()
+        await asyncio.gather(heavy_task, *fast_tasks, return_exceptions=True)
+        client.close()
+    return LatencyTrace(
+        sent=tuple(s for s, _ in results),
+        latency_ms=tuple(1e3 * (a - s) for s, a in results),
+        heavy_start=heavy_window[0],
+        heavy_end=heavy_window[1],
+        heavy_path=heavy_path,
+        fast_path=fast_path,
+    )

@@ -1,0 +1,178 @@
+"""Live views for JupyterLab: event-loop lag and per-core CPU, updating while work runs.
+
+Each meter refreshes from a small task on the kernel's own event loop, so it keeps moving while a
+cell awaits (``await asyncio.sleep(3)``, ``await trace_latency(...)``) and freezes while a cell
+blocks the loop, which is itself the lesson. A meter stops when told (``stop()``), when its
+``duration`` runs out, or at the end of a ``with`` block; a stopped meter keeps its last picture.
+
+    meter = CoreMeter(duration=10)   # one bar per core, like a task manager
+    meter                            # display it; it starts updating
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+
+import ipywidgets as W
+import psutil
+
+from .errors import ConfigurationError, NoRunningLoopError
+from .probe import LoopProbe
+
+__all__ = ["LagMeter", "CoreMeter"]
+
+# Four refreshes a second look live to a person and cost the kernel next to nothing; faster
+# refreshes flood the browser with widget messages.
+DEFAULT_REFRESH = 0.25
+
+
+class _LiveView:
+    """Shared lifecycle of the meters: a refresh task on the running loop, auto-stop, display."""
+
+    widget: W.Widget
+
+    def __init__(self, refresh: float, duration: float | None) -> None:
+        if refresh <= 0:
+            raise ConfigurationError(f"refresh must be positive seconds, got {refresh}")
+        if duration is not None and duration <= 0:
+            raise ConfigurationError(f"duration must be positive seconds or None, got {duration}")
+        self.refresh = refresh
+        self.duration = duration
+        self._task: asyncio.Task | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the meter is updating."""
+        return self._task is not None and not self._task.done()
+
+    def start(self):
+        """Start updating on the running loop (the kernel's). Returns ``self``."""
+        if self.running:
+            return self
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise NoRunningLoopError(
+                f"{type(self).__name__} updates from the kernel's event loop: create it in a notebook cell"
+            ) from None
+        self._begin()
+        self._task = loop.create_task(self._run())
+        return self
+
+    def stop(self) -> None:
+        """Stop updating; the widget keeps showing its last values."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._end()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if self.duration is None else loop.time() + self.duration
+        try:
+            while deadline is None or loop.time() < deadline:
+                self.update()
+                await asyncio.sleep(self.refresh)
+            self.update()
+        finally:
+            self._end()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _repr_mimebundle_(self, **kwargs):
+        self.start()
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _begin(self) -> None:
+        """Hook: prepare before the first update."""
+
+    def _end(self) -> None:
+        """Hook: release what ``_begin`` took."""
+
+    def update(self) -> None:  # pragma: no cover - overridden
+        """Refresh the widget once from fresh measurements."""
+        raise NotImplementedError
+
+
+def _level(value: float, warn: float, bad: float) -> str:
+    return "danger" if value >= bad else "warning" if value >= warn else "success"
+
+
+class LagMeter(_LiveView):
+    """A live gauge of event-loop lag and utilization, like a heart-rate monitor for the loop.
+
+    It shows the worst lag of the last ``window`` seconds on a bar (full at ``scale_ms``), the
+    p50/p99/max so far, and how busy the loop was. Without a ``probe`` it makes and owns one on
+    the kernel's loop.
+    """
+
+    def __init__(self, probe: LoopProbe | None = None, *, window: float = 2.0, scale_ms: float = 500.0,
+                 refresh: float = DEFAULT_REFRESH, duration: float | None = None) -> None:
+        super().__init__(refresh, duration)
+        self.probe = probe if probe is not None else LoopProbe()
+        self._owns_probe = probe is None
+        self.window = window
+        self.scale_ms = scale_ms
+        self._bar = W.FloatProgress(value=0, min=0, max=scale_ms, description="lag now",
+                                    layout=W.Layout(width="60%"))
+        self._busy = W.FloatProgress(value=0, min=0, max=1, description="loop busy",
+                                     layout=W.Layout(width="60%"))
+        self._text = W.HTML()
+        self.widget = W.VBox([W.HTML("<b>Event-loop lag</b>"), self._bar, self._busy, self._text])
+
+    def _begin(self) -> None:
+        if self._owns_probe and not self.probe.running:
+            self.probe.start()
+
+    def _end(self) -> None:
+        if self._owns_probe and self.probe.running:
+            self.probe.stop()
+
+    def update(self) -> None:
+        """Redraw from the probe's latest samples."""
+        recent = [lag for _, lag in self.probe.timeline(self.window)]
+        worst = max(recent, default=0.0)
+        self._bar.value = min(worst, self.scale_ms)
+        self._bar.bar_style = _level(worst, 20, 100)
+        stats = self.probe.stats()
+        if stats.utilization is not None:
+            self._busy.value = stats.utilization
+            self._busy.bar_style = _level(stats.utilization, 0.5, 0.9)
+        self._text.value = html.escape(
+            f"last {self.window:g} s: worst {worst:.1f} ms | overall: {stats.summary()}"
+        )
+
+
+class CoreMeter(_LiveView):
+    """One bar per logical CPU with its current load, like a task manager's CPU view.
+
+    A single busy event loop lights one bar; a cluster or a process pool lights them all.
+    """
+
+    def __init__(self, *, refresh: float = 0.5, duration: float | None = None) -> None:
+        super().__init__(refresh, duration)
+        count = psutil.cpu_count() or 1
+        self._bars = [
+            W.FloatProgress(value=0, min=0, max=100, description=f"cpu {i}", layout=W.Layout(width="60%"))
+            for i in range(count)
+        ]
+        self._text = W.HTML()
+        self.widget = W.VBox([W.HTML("<b>CPU load per core</b>"), *self._bars, self._text])
+        self.peak: list[float] = [0.0] * count
+
+    def _begin(self) -> None:
+        psutil.cpu_percent(percpu=True)  # the first reading only sets the baseline
+
+    def update(self) -> None:
+        """Read per-core load since the last update and redraw."""
+        loads = psutil.cpu_percent(percpu=True)
+        for i, (bar, load) in enumerate(zip(self._bars, loads)):
+            bar.value = load
+            bar.bar_style = _level(load, 50, 90)
+            self.peak[i] = max(self.peak[i], load)
+        self._text.value = html.escape(f"total {sum(loads) / 100:.1f} cores busy")

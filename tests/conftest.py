@@ -1,0 +1,169 @@
+"""Shared test fixtures, and the guard that nothing is left behind.
+
+Every unit test runs under :func:`leak_guard`: after the test, any child process, new
+``/dev/shm`` segment or listening socket it left behind fails the test (and is cleaned up, so one
+leak does not fail every test after it). Notebooks replayed by nbval get the same treatment at
+notebook granularity: when a notebook's last cell has run, its kernel must have no children, no
+new shared-memory segments and no listening sockets beyond the ones it started with.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+SHM = Path("/dev/shm")
+
+# Processes can take a moment to be reaped after a clean stop; this is how long the guard waits
+# for stragglers before it calls them leaked.
+GRACE_SECONDS = 5.0
+
+
+def _shm_names() -> set[str]:
+    if not SHM.is_dir():
+        return set()
+    # POSIX semaphores (sem.*) belong to multiprocessing's own bookkeeping and are reaped by it.
+    return {p.name for p in SHM.iterdir() if not p.name.startswith("sem.")}
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [c for c in proc.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    except psutil.Error:
+        return []
+
+
+def _listening(pids: set[int]) -> set[tuple[int, str, int]]:
+    found = set()
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            found.add((conn.pid, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def _wait_for(condition, timeout: float = GRACE_SECONDS) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def leftovers(root: psutil.Process, shm_before: set[str], listening_before: set, children_before: frozenset[int] = frozenset()) -> list[str]:
+    """Describe what ``root`` left behind since the snapshot; wait a little for clean exits."""
+    problems: list[str] = []
+
+    def new_children() -> list[psutil.Process]:
+        # What a pre-existing child (say, a module-scoped server) starts is that child's business.
+        owned = set(children_before)
+        for pid in children_before:
+            try:
+                owned |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+            except psutil.Error:
+                pass
+        return [c for c in _children(root) if c.pid not in owned]
+
+    if not _wait_for(lambda: not new_children()):
+        for child in new_children():
+            try:
+                problems.append(f"child process {child.pid} ({' '.join(child.cmdline())[:120]})")
+                child.kill()
+            except psutil.Error:
+                pass
+    if not _wait_for(lambda: not (_shm_names() - shm_before)):
+        for name in sorted(_shm_names() - shm_before):
+            problems.append(f"shared-memory segment /dev/shm/{name}")
+            try:
+                (SHM / name).unlink()
+            except OSError:
+                pass
+    pids = {root.pid} | {c.pid for c in _children(root)}
+    new_sockets = _listening(pids) - listening_before
+    problems += [f"listening socket {ip}:{port} (pid {pid})" for pid, ip, port in sorted(new_sockets)]
+    return problems
+
+
+@pytest.fixture(autouse=True)
+def leak_guard():
+    """Fail the test if it leaves a child process, a /dev/shm segment or a listening socket."""
+    me = psutil.Process()
+    children_before = frozenset(c.pid for c in _children(me))  # e.g. a module-scoped server
+    shm_before = _shm_names()
+    listening_before = _listening({me.pid} | children_before)
+    yield
+    problems = leftovers(me, shm_before, listening_before, children_before)
+    if problems:
+        pytest.fail("test left behind: " + "; ".join(problems), pytrace=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The same guard, per notebook, for nbval's kernels.
+#
+# Hooks written in this conftest would only see items under tests/, and the notebooks live in
+# notebooks/ and solutions/. A plugin object registered at configure time sees every item.
+
+
+class NotebookGuard:
+    """Fail a notebook's last cell if the notebook left processes, segments or sockets behind."""
+
+    def __init__(self):
+        self.state: dict[str, tuple] = {}
+        self.last_cells: set[int] = set()
+
+    @staticmethod
+    def is_cell(item) -> bool:
+        return str(getattr(item, "path", "")).endswith(".ipynb")
+
+    @staticmethod
+    def kernel_process(item) -> psutil.Process | None:
+        kernel = getattr(item.parent, "kernel", None)
+        manager = getattr(kernel, "km", None)
+        provisioner = getattr(manager, "provisioner", None)
+        pid = getattr(getattr(provisioner, "process", None), "pid", None)
+        try:
+            return psutil.Process(pid) if pid else None
+        except psutil.Error:
+            return None
+
+    def pytest_collection_modifyitems(self, items):
+        for current, following in zip(items, [*items[1:], None]):
+            if self.is_cell(current) and (following is None or following.path != current.path):
+                self.last_cells.add(id(current))
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item):
+        if self.is_cell(item) and str(item.path) not in self.state:
+            kernel = self.kernel_process(item)
+            if kernel is not None:
+                self.state[str(item.path)] = (kernel, _shm_names(), _listening({kernel.pid}))
+        yield
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        if call.when != "call" or id(item) not in self.last_cells:
+            return
+        state = self.state.pop(str(item.path), None)
+        report = outcome.get_result()
+        if state is None or report.failed:
+            return  # a failing cell says more than a leak report would
+        kernel, shm_before, listening_before = state
+        problems = leftovers(kernel, shm_before, listening_before)
+        if problems:
+            report.outcome = "failed"
+            report.longrepr = f"{item.path.name} left behind when it ended: " + "; ".join(problems)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(NotebookGuard(), "labkit-notebook-guard")
+
+
+@pytest.fixture
+def sys_root(tmp_path):
+    """An empty fake filesystem root for code that reads /proc and /sys."""
+    return tmp_path
+
