@@ -9,20 +9,34 @@ server.
 
 from __future__ import annotations
 
+import io
 import platform
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
 from .cores import usable_cores
-from .measure import LatencyTrace
+from .measure import LatencyTrace, Span
 from .probe import LoopProbe
 
-__all__ = ["plot_lag", "plot_lag_histogram", "plot_latency_trace", "machine_label"]
+__all__ = ["LabFigure", "plot_lag", "plot_lag_histogram", "plot_latency_trace", "plot_spans", "machine_label"]
 
 BLOCKED_COLOR = "#d62728"
 FREE_COLOR = "#1f77b4"
 HEAVY_SHADE = "#ffcc80"
+
+
+class LabFigure(Figure):
+    """A matplotlib figure that shows itself in Jupyter, with no pyplot and no backend set up.
+
+    Without pyplot, a figure has no notebook display of its own; this one renders itself to PNG
+    when Jupyter asks, and its text form stays the short, stable ``<Figure size ...>`` line.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
 
 
 def machine_label() -> str:
@@ -31,8 +45,8 @@ def machine_label() -> str:
     return f"{platform.system()}, {cores.usable} usable core{'s' if cores.usable != 1 else ''}"
 
 
-def _figure(width: float = 8, height: float = 3.2) -> tuple[Figure, object]:
-    fig = Figure(figsize=(width, height), layout="constrained")
+def _figure(width: float = 8, height: float = 3.2) -> tuple[LabFigure, object]:
+    fig = LabFigure(figsize=(width, height), layout="constrained")
     return fig, fig.add_subplot()
 
 
@@ -41,19 +55,34 @@ def _footer(fig: Figure, extra: str = "") -> None:
              fontsize=7, color="grey")
 
 
-def plot_lag(probe: LoopProbe, *, title: str = "Event-loop lag over time", last: float | None = None) -> Figure:
-    """Lag of every probe tick against time: flat near zero while the loop is free, spikes when blocked."""
-    points = probe.timeline(last)
+def plot_lag(
+    runs: LoopProbe | dict[str, LoopProbe | Sequence[tuple[float, float]]],
+    *,
+    title: str = "Event-loop lag over time",
+    last: float | None = None,
+) -> LabFigure:
+    """Lag of every probe tick against time: flat near zero while the loop is free, a spike when blocked.
+
+    ``runs`` is a probe, or named runs to overlay, each a probe or its ``timeline()`` points.
+    """
+    if isinstance(runs, LoopProbe):
+        runs = {"lag": runs}
     fig, ax = _figure()
-    if points:
-        times, lags = zip(*points)
-        ax.plot(times, lags, color=FREE_COLOR, linewidth=1)
-        ax.fill_between(times, lags, color=FREE_COLOR, alpha=0.2)
+    for index, (name, run) in enumerate(runs.items()):
+        points = run.timeline(last) if isinstance(run, LoopProbe) else list(run)
+        if points:
+            times, lags = zip(*points)
+            color = f"C{index}"
+            # One stem per tick, drawn when the tick fired: a blocked loop shows as one tall stem
+            # right after the block, as tall as the block was long.
+            ax.vlines(times, 0, lags, color=color, linewidth=1.5)
+            ax.plot(times, lags, ".", color=color, markersize=4, label=f"{name} (max {max(lags):.0f} ms)")
     ax.set_xlabel("seconds since the probe started")
     ax.set_ylabel("lag (ms)")
     ax.set_title(title)
     ax.set_ylim(bottom=0)
-    _footer(fig, f"tick every {probe.interval * 1e3:g} ms")
+    ax.legend(loc="upper right", fontsize=8)
+    _footer(fig)
     return fig
 
 
@@ -85,8 +114,8 @@ def plot_latency_trace(traces: dict[str, LatencyTrace] | LatencyTrace, *, title:
     """Fast-request latency before, during and after a heavy request, one panel per trace."""
     if isinstance(traces, LatencyTrace):
         traces = {traces.heavy_path: traces}
-    fig = Figure(figsize=(8, 2.6 * len(traces)), layout="constrained")
-    axes = fig.subplots(len(traces), 1, sharex=False, squeeze=False)[:, 0]
+    fig = LabFigure(figsize=(8, 2.6 * len(traces)), layout="constrained")
+    axes = fig.subplots(len(traces), 1, sharey=True, squeeze=False)[:, 0]  # one scale: comparable at a glance
     for ax, (name, trace) in zip(axes, traces.items()):
         ax.axvspan(trace.heavy_start, trace.heavy_end, color=HEAVY_SHADE, alpha=0.6,
                    label=f"{trace.heavy_path} in flight ({trace.heavy_ms:.0f} ms)")
@@ -96,9 +125,30 @@ def plot_latency_trace(traces: dict[str, LatencyTrace] | LatencyTrace, *, title:
         ax.set_ylabel("latency (ms)")
         ax.set_ylim(bottom=0)
         ax.set_title(name, fontsize=10, loc="left")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8)
     axes[-1].set_xlabel("seconds since the first request (when each /fast request was sent)")
     fig.suptitle(title or "Does a heavy request slow everyone else down?")
     _footer(fig)
     return fig
 
+
+
+def plot_spans(runs: dict[str, list[Span]], *, title: str = "When did each task run?") -> Figure:
+    """One row per task, a bar from its start to its end; one panel per named run.
+
+    Waits on one event loop show as bars stacked on top of each other (they overlap); CPU work on
+    one loop shows as a staircase (each task waits for the one before).
+    """
+    fig = LabFigure(figsize=(8, 1.0 + 0.35 * sum(len(s) for s in runs.values()) + 0.6 * len(runs)), layout="constrained")
+    axes = fig.subplots(len(runs), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, spans) in zip(axes, runs.items()):
+        for row, span in enumerate(spans):
+            ax.barh(row, span.seconds, left=span.start, height=0.6, color=FREE_COLOR)
+        ax.set_yticks(range(len(spans)), [span.label for span in spans], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(left=0)
+        ax.set_title(name, fontsize=10, loc="left")
+    axes[-1].set_xlabel("seconds")
+    fig.suptitle(title)
+    _footer(fig)
+    return fig

@@ -86,7 +86,11 @@ class _LiveView:
 
     def _repr_mimebundle_(self, **kwargs):
         self.start()
-        return self.widget._repr_mimebundle_(**kwargs)
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        # The widget's own text form lists every value it shows, which changes run to run; a
+        # fixed line keeps stored notebooks comparable and says what a plain console misses.
+        bundle["text/plain"] = f"{type(self).__name__}: a live view (open the notebook in JupyterLab to see it)"
+        return bundle
 
     def _begin(self) -> None:
         """Hook: prepare before the first update."""
