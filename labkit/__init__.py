@@ -8,6 +8,7 @@ The names most labs need are importable from here; each lives in a small module 
 - :mod:`labkit.apps`: the demo web app and :class:`AppServer` to run it in the background
 - :mod:`labkit.measure`: experiments' measurements (:func:`trace_latency`, ...)
 - :mod:`labkit.plots` and :mod:`labkit.widgets`: pictures and live views of the above
+- :mod:`labkit.grading`: exercises, :func:`check` for self-checks, ``labkit assign``
 
 Importing labkit has no side effects: no signal handlers, no atexit hooks, no plotting styles.
 Heavy modules (plots, widgets) load on first use.
@@ -55,6 +56,7 @@ __all__ = [
     "LatencyTrace",
     "plots",
     "widgets",
+    "check",
 ]
 
 # name -> module that defines it; imported the first time the name is used (PEP 562), so that
@@ -66,11 +68,13 @@ _LAZY = {
     "LatencyTrace": "labkit.measure",
     "plots": "labkit.plots",
     "widgets": "labkit.widgets",
+    "check": "labkit.grading.checks",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import plots, widgets
     from .apps import AppServer, demo_app
+    from .grading.checks import check
     from .measure import LatencyTrace, trace_latency
 
 

@@ -19,6 +19,7 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("labkit._doctor", "show this machine as the course sees it"),
     "assign": ("labkit._cmd_assign", "regenerate student notebooks from the solutions"),
+    "check": ("labkit._cmd_check", "run exercise notebooks and show each part's verdict"),
 }
 
 

@@ -1,8 +1,11 @@
-"""Exercises and grading: the authoring format, exercise generation, and (soon) checks and grades.
+"""Exercises and grading: the authoring format, exercise generation, self-checks, running notebooks.
 
 - :mod:`labkit.grading.notebook`: the format of solutions notebooks (:func:`parse_parts`,
   :func:`exercise_id`, :class:`Part`, :class:`AssignError`)
 - :mod:`labkit.grading.assign`: solutions to student exercises (:func:`assign`, :func:`outdated`)
+- :mod:`labkit.grading.checks`: :func:`check`, what a check cell runs, and :func:`register`
+- :mod:`labkit.grading.runner`: :func:`run_notebook`, run an exercise and read each part's verdict
+- ``labkit.grading.exNN``: the checks of exercise NN, loaded when first needed
 
 Importing this package is cheap and has no side effects: nbformat, the one heavy dependency, is
 imported only when a notebook is read or written.
@@ -27,6 +30,8 @@ from .assign import (
     make_exercise,
     outdated,
 )
+from .checks import RESULT_MIME, CheckFailed, CheckResult, Fail, NotDoneYet, check, register
+from .runner import DEFAULT_CELL_TIMEOUT, PartOutcome, run_notebook
 from .notebook import (
     BEGIN_SOLUTION,
     CHECK_KEYS,
@@ -43,6 +48,18 @@ from .notebook import (
 )
 
 __all__ = [
+    # checks: the self-check a check cell runs
+    "check",
+    "register",
+    "CheckFailed",
+    "CheckResult",
+    "Fail",
+    "NotDoneYet",
+    "RESULT_MIME",
+    # runner: execute a notebook and read its verdicts
+    "PartOutcome",
+    "run_notebook",
+    "DEFAULT_CELL_TIMEOUT",
     # notebook: the authoring format
     "AssignError",
     "Part",

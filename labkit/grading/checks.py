@@ -1,0 +1,143 @@
+"""Self-checks: what a check cell runs, and how it tells a student what is still wrong.
+
+A check cell in an exercise looks like this, and is locked so students run it but do not edit it::
+
+    await labkit.check("ex01.offload_hash", login)
+
+:func:`check` finds the check registered for the part id, runs it against the student's code,
+and ends in one of two ways:
+
+- **pass**: one stable line, ``✔ ex01.offload_hash passed: <what was shown>``. It holds no timings,
+  so the stored output of a solution's check cell is exactly what a fresh run prints, and
+  ``pytest --nbval`` over the solutions proves every check passes;
+- **fail**: a :class:`CheckFailed` error whose message says, in the student's terms and with the
+  numbers measured, what is wrong and what to try (never a bare ``AssertionError``). In Jupyter it
+  shows as that message alone, without a traceback through labkit's internals.
+
+Either way the check also displays a small machine-readable record (MIME type
+:data:`RESULT_MIME`) that ``labkit check`` and the grader read back from the executed notebook.
+
+Checks are registered per part with :func:`register`; the exercises' checks live in modules named
+after them (``labkit.grading.ex01``) and are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+from labkit.errors import ConfigurationError, LabkitError
+
+__all__ = ["check", "register", "CheckFailed", "CheckResult", "NotDoneYet", "RESULT_MIME", "Fail"]
+
+#: MIME type of the record each check displays; readers find results by it.
+RESULT_MIME = "application/vnd.labkit.check+json"
+
+CheckFunction = Callable[..., Awaitable[str]]
+_REGISTRY: dict[str, CheckFunction] = {}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check: which part, whether it passed, and the message shown."""
+
+    part: str
+    passed: bool
+    message: str
+
+    def line(self) -> str:
+        """The line a student sees, e.g. ``✔ ex01.offload_hash passed: the loop stayed free``."""
+        mark = "✔" if self.passed else "✘"
+        verdict = "passed" if self.passed else "not yet"
+        return f"{mark} {self.part} {verdict}: {self.message}"
+
+
+class CheckFailed(LabkitError, AssertionError):
+    """A self-check found the student's code not yet right; the message says what and why."""
+
+    def __init__(self, result: CheckResult) -> None:
+        super().__init__(result.line())
+        self.result = result
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback through labkit's internals; the explanation
+        # itself is already displayed just above, as the check's output.
+        return ["CheckFailed: this part does not pass yet (see the message above); fix it and run the cell again."]
+
+
+class Fail(Exception):
+    """Raised inside a check function to fail the part with a message for the student."""
+
+
+class NotDoneYet(Fail):
+    """The student's code still raises the exercise stub's ``NotImplementedError``."""
+
+
+def register(part: str) -> Callable[[CheckFunction], CheckFunction]:
+    """Register an async check function for ``part``; it returns the pass message or raises Fail."""
+
+    def decorate(function: CheckFunction) -> CheckFunction:
+        if not inspect.iscoroutinefunction(function):
+            raise ConfigurationError(f"check for {part!r} must be an async function")
+        _REGISTRY[part] = function
+        return function
+
+    return decorate
+
+
+def _find(part: str) -> CheckFunction:
+    if part not in _REGISTRY:
+        exercise = part.split(".", 1)[0]
+        try:
+            importlib.import_module(f"labkit.grading.{exercise}")
+        except ModuleNotFoundError:
+            pass
+    try:
+        return _REGISTRY[part]
+    except KeyError:
+        raise ConfigurationError(
+            f"there is no check called {part!r}; is labkit up to date with this notebook? "
+            "(pip install -e . in the course folder)"
+        ) from None
+
+
+async def check(part: str, *args, **kwargs) -> None:
+    """Run the self-check for ``part`` on the student's code (``args``) and show the verdict.
+
+    Shows the pass line and returns, or raises :class:`CheckFailed` with the explanation. Use it
+    with ``await`` in a notebook cell (the kernel's loop runs the check).
+    """
+    function = _find(part)
+    try:
+        message = await function(*args, **kwargs)
+        result = CheckResult(part, True, message)
+    except NotImplementedError as exc:
+        hint = f" (hint: {exc})" if str(exc) else ""
+        result = CheckResult(part, False, f"not done yet: your code still raises NotImplementedError{hint}. "
+                                          "Replace the `# YOUR CODE HERE` stub and run the cell again.")
+    except Fail as exc:
+        result = CheckResult(part, False, str(exc))
+    except Exception as exc:  # the student's code crashed: say where, in their terms
+        result = CheckResult(part, False, f"your code raised {type(exc).__name__}: {exc}")
+    _show(result)
+    if not result.passed:
+        raise CheckFailed(result)
+
+
+def _show(result: CheckResult) -> None:
+    """Show the line; in a notebook, carry the machine-readable record in the same output.
+
+    JupyterLab renders the plain-text line and ignores the record's MIME type, which it does not
+    know; readers of the saved notebook find the record by that type.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
+        print(result.line())
+        return
+    display({"text/plain": result.line(), RESULT_MIME: asdict(result)}, raw=True)
