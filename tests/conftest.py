@@ -29,9 +29,26 @@ def _shm_names() -> set[str]:
     return {p.name for p in SHM.iterdir() if not p.name.startswith("sem.")}
 
 
+# multiprocessing's own helpers: one resource tracker (and one fork server) per interpreter, started
+# on first use and ended by the interpreter that started them when it exits. They are Python's
+# bookkeeping, not something a test or a notebook left running.
+INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _is_helper(proc: psutil.Process) -> bool:
+    try:
+        command = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return any(helper in command for helper in INTERPRETER_HELPERS)
+
+
 def _children(proc: psutil.Process) -> list[psutil.Process]:
     try:
-        return [c for c in proc.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        return [
+            c for c in proc.children(recursive=True)
+            if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and not _is_helper(c)
+        ]
     except psutil.Error:
         return []
 
