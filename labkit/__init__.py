@@ -5,6 +5,8 @@ The names most labs need are importable from here; each lives in a small module 
 - :mod:`labkit.cores`: :func:`usable_cores`, :func:`measure_parallelism`
 - :mod:`labkit.workloads`: tasks with known answers (:func:`count_primes`, :func:`hash_password`, ...)
 - :mod:`labkit.probe`: :class:`LoopProbe`, event-loop lag and utilization
+- :mod:`labkit.pool`: :class:`WorkerPool`, one executor over threads, processes or interpreters
+- :mod:`labkit.shm`: :class:`SharedArray`, numpy arrays in shared memory
 - :mod:`labkit.apps`: the demo web app and :class:`AppServer` to run it in the background
 - :mod:`labkit.measure`: experiments' measurements (:func:`trace_latency`, ...)
 - :mod:`labkit.plots` and :mod:`labkit.widgets`: pictures and live views of the above
@@ -50,6 +52,8 @@ __all__ = [
     "async_io_wait",
     "spin",
     # loaded on first use
+    "WorkerPool",
+    "SharedArray",
     "AppServer",
     "demo_app",
     "trace_latency",
@@ -62,6 +66,8 @@ __all__ = [
 # name -> module that defines it; imported the first time the name is used (PEP 562), so that
 # `import labkit` stays fast and does not pull in tornado, matplotlib or ipywidgets.
 _LAZY = {
+    "WorkerPool": "labkit.pool",
+    "SharedArray": "labkit.shm",
     "AppServer": "labkit.apps",
     "demo_app": "labkit.apps",
     "trace_latency": "labkit.measure",
@@ -76,6 +82,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .apps import AppServer, demo_app
     from .grading.checks import check
     from .measure import LatencyTrace, trace_latency
+    from .pool import WorkerPool
+    from .shm import SharedArray
 
 
 def __getattr__(name: str):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LabkitError
 
 __all__ = ["CoreInfo", "Parallelism", "usable_cores", "measure_parallelism", "cgroup_cpu_quota"]
 
@@ -268,7 +268,7 @@ def measure_parallelism(workers: int | None = None, seconds: float = DEFAULT_SPI
     try:
         for proc in procs:
             if proc.stdout.readline().strip() != "ready":
-                raise RuntimeError("a spinner process failed to start")
+                raise LabkitError("a spinner process failed to start: is this Python able to run subprocesses?")
         for proc in procs:
             proc.stdin.write("go\n")
             proc.stdin.flush()

@@ -22,10 +22,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+# numpy and cryptography are imported inside the functions that use them: a worker process that
+# only counts primes starts without them, which matters for spawn, where every worker imports
+# labkit afresh.
 
 __all__ = [
     "count_primes",
@@ -83,6 +89,8 @@ def hash_password(
     """
     if not isinstance(cost, int) or not 1 <= cost <= 20:
         raise ConfigurationError(f"cost must be an integer from 1 to 20 (log2 of scrypt's n), got {cost!r}")
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
     if isinstance(password, str):
         password = password.encode()
     kdf = Scrypt(salt=salt, length=32, n=2**cost, r=8, p=1)
@@ -91,6 +99,8 @@ def hash_password(
 
 def make_image(height: int = 1024, width: int = 1024, seed: int = 0) -> np.ndarray:
     """A deterministic grey-scale test image (float64, values 0 to 1): smooth waves plus noise."""
+    import numpy as np
+
     if height < 1 or width < 1:
         raise ConfigurationError(f"image size must be positive, got {height}x{width}")
     y, x = np.mgrid[0:height, 0:width]
@@ -106,6 +116,8 @@ def blur(image: np.ndarray, radius: int = 4, out: np.ndarray | None = None) -> n
     so the cost does not grow with ``radius``. Writes into ``out`` when given (it may be a view
     into shared memory) and returns it.
     """
+    import numpy as np
+
     if image.ndim != 2:
         raise ConfigurationError(f"blur expects a 2-D array, got shape {image.shape}")
     if radius < 0:

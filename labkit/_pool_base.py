@@ -1,0 +1,322 @@
+"""The vocabulary shared by the pool's backends: errors, stats records, worker states, futures.
+
+Everything public here is re-exported by :mod:`labkit.pool`, which is where readers should look.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import signal
+from collections.abc import Iterable
+from concurrent.futures import Future
+from concurrent.futures import _base as futures_base
+from dataclasses import dataclass
+
+from .errors import LabkitError
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+class WorkerCrashedError(LabkitError, RuntimeError):
+    """A worker process died while it ran this task; only this task fails.
+
+    Attributes:
+        pid: the dead worker's process id.
+        exitcode: its exit status as ``multiprocessing`` reports it: ``-9`` for SIGKILL, ``3`` for
+            ``os._exit(3)``, ``None`` if it could not be read.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+
+class TaskTimeoutError(LabkitError, TimeoutError):
+    """A task ran longer than its timeout; its worker was stopped and replaced."""
+
+
+class QueueFullError(LabkitError, RuntimeError):
+    """``submit`` found ``max_queue`` tasks already waiting and the pool was told ``on_full="raise"``."""
+
+
+class PoolClosedError(LabkitError, RuntimeError):
+    """Work was submitted to a pool that is shut down (or shutting down)."""
+
+
+class WorkerStartError(LabkitError, RuntimeError):
+    """Workers could not start (the initializer raised, or they kept dying at start-up)."""
+
+
+class TaskSerializationError(LabkitError, TypeError):
+    """A task's function, arguments, result or exception could not travel between processes."""
+
+
+class TaskExitError(LabkitError, RuntimeError):
+    """A task raised ``SystemExit`` or ``KeyboardInterrupt`` in its worker.
+
+    It comes back as this error, not as the original, so that ``sys.exit()`` inside a task can
+    never end the parent (a notebook kernel or your script).
+    """
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text.
+
+    The exception that comes back from a worker lost its traceback on the way (tracebacks do not
+    pickle). The pool attaches the worker's formatted traceback as the exception's ``__cause__``,
+    so a notebook shows both: where it failed in the worker, then where the result was asked for.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n\n" + self.text.rstrip("\n")
+
+
+for _cls in (WorkerCrashedError, TaskTimeoutError, QueueFullError, PoolClosedError,
+             WorkerStartError, TaskSerializationError, TaskExitError, RemoteTraceback):
+    _cls.__module__ = "labkit.pool"  # where users import them from; shows in tracebacks
+
+# --------------------------------------------------------------------------------------------
+# tuning and stats records
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The pool's tunable constants, handed to a backend (defaults and trade-offs: labkit.pool)."""
+
+    shutdown_grace: float
+    reap_grace: float
+    max_boot_failures: int
+    stats_window: int
+
+
+class WorkerState(str, enum.Enum):
+    """Where one worker slot is in its life. Transitions are listed in ``TRANSITIONS``."""
+
+    NEW = "new"  # never started
+    STARTING = "starting"  # process started, has not said "ready" yet
+    IDLE = "idle"  # ready for a task
+    BUSY = "busy"  # running one task
+    STOPPING = "stopping"  # asked to exit, or being killed (timeout, cancel, shutdown)
+    EXITED = "exited"  # process gone; a new one may start in the same slot
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The legal moves between states; anything else is a bug in the dispatcher.
+TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.NEW: frozenset({WorkerState.STARTING}),
+    WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED}),
+    WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.STOPPING, WorkerState.EXITED}),
+    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED}),
+    WorkerState.STOPPING: frozenset({WorkerState.EXITED}),
+    WorkerState.EXITED: frozenset({WorkerState.STARTING}),
+}
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """A distribution of durations, in seconds; all zero when ``count`` is zero."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Percentiles:
+        """Nearest-rank percentiles of ``values`` (no interpolation: every number was observed)."""
+        data = sorted(values)
+        n = len(data)
+        if n == 0:
+            return cls(0, 0.0, 0.0, 0.0, 0.0)
+
+        def rank(q: float) -> float:
+            return data[min(n - 1, max(0, math.ceil(q * n) - 1))]
+
+        return cls(n, rank(0.50), rank(0.90), rank(0.99), data[-1])
+
+    def summary(self) -> str:
+        """One line in milliseconds, e.g. ``p50 12.0 ms, p99 48.1 ms, max 51.3 ms (200 tasks)``."""
+        return (
+            f"p50 {self.p50 * 1e3:.1f} ms, p90 {self.p90 * 1e3:.1f} ms, p99 {self.p99 * 1e3:.1f} ms, "
+            f"max {self.max * 1e3:.1f} ms ({self.count} tasks)"
+        )
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """One worker slot as the pool saw it.
+
+    Attributes:
+        slot: the slot number, 0 to ``workers - 1``; a replacement worker keeps its slot.
+        pid: the current process id (threads: the pool's own process), ``None`` before start.
+        state: a :class:`WorkerState`.
+        tasks: tasks this slot ran to their end (result or exception), across restarts.
+        busy_seconds: wall time this slot spent running those tasks.
+        restarts: how many times a new worker replaced a dead or stopped one in this slot.
+        name: the thread's name for the thread kind, else ``""``.
+    """
+
+    slot: int
+    pid: int | None
+    state: WorkerState
+    tasks: int
+    busy_seconds: float
+    restarts: int
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a pool, from :meth:`WorkerPool.stats`. Cheap to take; never changes.
+
+    Task outcomes are disjoint: every submitted task is pending, running, or exactly one of
+    succeeded, raised, crashed, timed out and cancelled.
+
+    Attributes:
+        kind: ``"process"``, ``"thread"`` or ``"interpreter"``.
+        workers: one :class:`WorkerStats` per slot (empty for interpreters, which hide theirs).
+        pending, running: tasks waiting for a worker, and tasks being run, right now.
+        submitted: tasks accepted since the pool was created.
+        succeeded, raised: tasks that returned, and tasks whose function raised.
+        crashed, timed_out, cancelled: tasks that lost their worker, ran out of time, were cancelled.
+        wait: time from submit to start, over the most recent tasks that ran to their end.
+        run: time from start to end, over the same tasks.
+    """
+
+    kind: str
+    workers: tuple[WorkerStats, ...]
+    pending: int
+    running: int
+    submitted: int
+    succeeded: int
+    raised: int
+    crashed: int
+    timed_out: int
+    cancelled: int
+    wait: Percentiles
+    run: Percentiles
+
+    @property
+    def completed(self) -> int:
+        """Tasks that ran to their end: ``succeeded + raised``."""
+        return self.succeeded + self.raised
+
+    @property
+    def restarts(self) -> int:
+        """Replacement workers started, over all slots."""
+        return sum(w.restarts for w in self.workers)
+
+    def summary(self) -> str:
+        """A few readable lines: counts, then wait and run percentiles."""
+        workers = f", {len(self.workers)} workers, {self.restarts} restarts" if self.workers else ""
+        return (
+            f"{self.kind} pool{workers}: "
+            f"{self.completed} done ({self.raised} raised), {self.crashed} crashed, "
+            f"{self.timed_out} timed out, {self.cancelled} cancelled, {self.pending} pending, "
+            f"{self.running} running\n  wait {self.wait.summary()}\n  run  {self.run.summary()}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# exit statuses, read aloud
+
+_SIGNAL_DIAGNOSES = {
+    "SIGKILL": "killed by SIGKILL (signal 9): out of memory (the kernel's OOM killer), or killed by hand?",
+    "SIGSEGV": "segmentation fault (SIGSEGV, signal 11): a bug in native code (a C extension, ctypes)",
+    "SIGBUS": "bus error (SIGBUS): often a full /dev/shm, or a file that shrank under a memory map",
+    "SIGABRT": "aborted (SIGABRT): native code called abort(), e.g. a failed assertion or a double free",
+    "SIGFPE": "arithmetic fault (SIGFPE): an integer division by zero in native code",
+    "SIGILL": "illegal instruction (SIGILL): native code built for a different CPU",
+    "SIGTERM": "terminated by SIGTERM (signal 15): stopped by another program or a process manager",
+}
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Turn a ``multiprocessing`` exit code into words and a likely cause.
+
+    >>> describe_exit(-9)
+    "killed by SIGKILL (signal 9): out of memory (the kernel's OOM killer), or killed by hand?"
+    """
+    if exitcode is None:
+        return "vanished without an exit status"
+    if exitcode < 0:
+        number = -exitcode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            return f"killed by signal {number}"
+        return _SIGNAL_DIAGNOSES.get(name, f"killed by {name} (signal {number})")
+    from ._lifeline import ORPHAN_EXIT_CODE
+
+    if exitcode == ORPHAN_EXIT_CODE:
+        return f"exited with code {exitcode}: it believed the pool's process had died"
+    return f"exited with code {exitcode} via os._exit or sys.exit in a C extension"
+
+
+# --------------------------------------------------------------------------------------------
+# futures that can be cancelled while running
+
+
+class TaskFuture(Future):
+    """A :class:`concurrent.futures.Future` whose ``cancel()`` also stops a *running* task.
+
+    A plain future refuses to cancel once its task runs, because a thread cannot be stopped from
+    outside. A process can: the pool kills the worker running the task and starts a new one. So
+    ``cancel()`` here returns ``True`` for a pending or a running task, and ``False`` only once
+    the task has finished.
+    """
+
+    def __init__(self, backend, task) -> None:
+        super().__init__()
+        self._backend = backend
+        self._task = task
+
+    def cancel(self) -> bool:
+        """Cancel the task: drop it if pending, kill its worker if running. ``False`` if done."""
+        if super().cancel():
+            self._backend.forget_pending(self._task)  # idempotent: counts each task once
+            return True
+        if self._backend.stop_running(self._task):
+            self._mark_cancelled()
+            return True
+        return self.cancelled()
+
+    def _mark_cancelled(self) -> None:
+        # Moving a RUNNING future to cancelled is not something Future offers, so this does what
+        # Future.cancel() plus set_running_or_notify_cancel() would do for a pending one: change
+        # the state, tell the waiters of concurrent.futures.wait / as_completed, run callbacks.
+        with self._condition:
+            if self._state != futures_base.RUNNING:
+                return
+            self._state = futures_base.CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+
+
+def settle(future: Future, *, result=None, error: BaseException | None = None) -> None:
+    """Set a future's outcome unless it was cancelled (or settled) meanwhile."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except futures_base.InvalidStateError:
+        pass  # cancelled by its owner a moment ago: the owner no longer wants this outcome
+
+
+def label(fn) -> str:
+    """A short name for a callable in messages: ``count_primes()``, ``<lambda>()``."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    return f"{name}()"

@@ -1,0 +1,184 @@
+"""The thread and interpreter kinds of :class:`labkit.pool.WorkerPool`: a thin layer on the
+standard executors that adds the pool's queue limit and statistics.
+
+Threads run in this process, so nothing is pickled and the task's traceback stays intact. But a
+running thread cannot be stopped from outside: no timeouts, and ``cancel()`` only works before the
+task starts. Interpreters (Python 3.14+) run each task in a sub-interpreter of this process; the
+standard executor pickles functions by reference, so they must be importable (not defined in a
+notebook), and they hide their workers, so only counts are reported for them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ._pool_base import (
+    Percentiles,
+    PoolClosedError,
+    PoolStats,
+    QueueFullError,
+    Tuning,
+    WorkerState,
+    WorkerStats,
+)
+
+
+class _ThreadSlot:
+    def __init__(self, index: int, name: str) -> None:
+        self.index = index
+        self.name = name
+        self.busy = False
+        self.tasks = 0
+        self.busy_seconds = 0.0
+
+
+class ExecutorBackend:
+    """Threads (``ThreadPoolExecutor``) or interpreters (``InterpreterPoolExecutor``)."""
+
+    def __init__(self, *, kind: str, workers: int, max_queue: int | None, on_full: str,
+                 initializer: Callable[..., Any] | None, initargs: tuple, tuning: Tuning) -> None:
+        self.kind = kind
+        self.workers = workers
+        self._max_queue = max_queue
+        self._on_full = on_full
+        self._prefix = f"labkit-{kind}-{id(self):x}"
+        if kind == "thread":
+            factory = ThreadPoolExecutor
+        else:
+            from concurrent.futures import InterpreterPoolExecutor as factory  # Python 3.14+
+        self._executor = factory(max_workers=workers, thread_name_prefix=self._prefix,
+                                 initializer=initializer, initargs=initargs)
+        self._timed = kind == "thread"  # a sub-interpreter cannot call back into our bookkeeping
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._closed = False
+        self._outstanding = 0  # submitted and not done
+        self._queued = 0  # submitted and not started (threads only)
+        self._running = 0
+        self._slots: dict[int, _ThreadSlot] = {}
+        self._submitted = self._succeeded = self._raised = self._cancelled = 0
+        self._waits: deque[float] = deque(maxlen=tuning.stats_window)
+        self._runs: deque[float] = deque(maxlen=tuning.stats_window)
+
+    def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, *, name: str,
+               timeout: float | None, block: bool, origin: Callable[..., Any] | None = None) -> Future:
+        with self._lock:
+            self._admit(block)
+            self._outstanding += 1
+            self._queued += self._timed
+            self._submitted += 1
+        try:
+            if self._timed:
+                future = self._executor.submit(self._run, fn, args, kwargs, time.monotonic())
+            else:
+                future = self._executor.submit(fn, *args, **kwargs)
+        except BaseException:
+            with self._lock:
+                self._outstanding -= 1
+                self._queued -= self._timed
+                self._submitted -= 1
+                self._room.notify_all()
+            raise
+        future.add_done_callback(self._on_done)
+        return future
+
+    def _pending(self) -> int:
+        if self._timed:
+            return self._queued
+        return max(0, self._outstanding - self.workers)  # interpreters: an estimate
+
+    def _admit(self, block: bool) -> None:
+        while True:
+            if self._closed:
+                raise PoolClosedError(
+                    "this WorkerPool is shut down and takes no more work; create a new one, or "
+                    "use `with WorkerPool() as pool:` to tie a pool's life to a block"
+                )
+            if self._max_queue is None or self._pending() < self._max_queue:
+                return
+            if threading.current_thread().name.startswith(self._prefix):
+                return  # a task or callback of this pool: waiting could block the pool for good
+            if not block:
+                raise QueueFullError(
+                    f"the pool's queue is full: {self._pending()} tasks wait for a worker "
+                    f"(max_queue={self._max_queue}). Collect some results before submitting more, "
+                    "raise max_queue, or create the pool with on_full='wait' to block until there is room."
+                )
+            self._room.wait()
+
+    def _run(self, fn: Callable[..., Any], args: tuple, kwargs: dict, submitted: float) -> Any:
+        started = time.monotonic()
+        thread = threading.current_thread()
+        with self._lock:
+            self._queued -= 1
+            self._running += 1
+            slot = self._slots.get(thread.ident)
+            if slot is None:
+                slot = self._slots[thread.ident] = _ThreadSlot(len(self._slots), thread.name)
+            slot.busy = True
+            self._room.notify_all()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            ended = time.monotonic()
+            with self._lock:
+                self._running -= 1
+                slot.busy = False
+                slot.tasks += 1
+                slot.busy_seconds += ended - started
+                self._waits.append(started - submitted)
+                self._runs.append(ended - started)
+
+    def _on_done(self, future: Future) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            if future.cancelled():
+                self._cancelled += 1
+                self._queued -= self._timed  # it never started
+            elif future.exception() is not None:
+                self._raised += 1
+            else:
+                self._succeeded += 1
+            self._room.notify_all()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            self._room.notify_all()
+        self._executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def terminate(self) -> None:
+        """Cancel what has not started; running threads cannot be stopped and finish on their own."""
+        self.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the pool accepts no more work."""
+        return self._closed
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            if self._timed:
+                return self._queued, self._running
+            return self._pending(), min(self._outstanding, self.workers)
+
+    def stats(self) -> PoolStats:
+        with self._lock:
+            pid = os.getpid()
+            workers = tuple(
+                WorkerStats(slot=s.index, pid=pid, state=WorkerState.BUSY if s.busy else WorkerState.IDLE,
+                            tasks=s.tasks, busy_seconds=s.busy_seconds, restarts=0, name=s.name)
+                for s in sorted(self._slots.values(), key=lambda s: s.index)
+            )
+            waits, runs = list(self._waits), list(self._runs)
+            pending, running = (self._queued, self._running) if self._timed else (
+                self._pending(), min(self._outstanding, self.workers))
+            counts = (self._submitted, self._succeeded, self._raised, 0, 0, self._cancelled)
+        return PoolStats(self.kind, workers, pending, running, *counts,
+                         wait=Percentiles.of(waits), run=Percentiles.of(runs))

@@ -1,0 +1,111 @@
+"""What runs inside one worker process of a :class:`labkit.pool.WorkerPool`.
+
+A worker is a small loop at the far end of its own pipe: say "ready", then forever receive one
+task, run it, send back its outcome. It never decides anything: the parent's dispatcher chooses
+what it runs, stops it, and replaces it. The messages, all small pickles:
+
+    parent ──▶ worker   task bytes: cloudpickle of (fn, args, kwargs)      STOP (b""): exit cleanly
+    worker ──▶ parent   (READY, pid)                                       once, after start-up
+                        (RESULT, cloudpickle of the return value)          the task returned
+                        (RAISED, exception or None, type name, message, traceback text)
+                        (INIT_FAILED, ...same fields as RAISED...)         the initializer raised
+
+Everything here is also importable from the parent, so that the pool can send ``run_chunk`` (and
+tests can read the constants) by reference.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+from ._lifeline import watch_parent
+
+READY = "ready"
+RESULT = "result"
+RAISED = "raised"
+INIT_FAILED = "init-failed"
+
+#: The message that asks a worker to exit; no task ever pickles to zero bytes.
+STOP = b""
+
+
+def serve(conn: Connection, parent_pid: int, init_payload: bytes | None) -> None:
+    """The worker process's main function (the ``target`` of its ``multiprocessing.Process``)."""
+    # Ctrl-C in a terminal reaches the whole process group. The parent decides what an interrupt
+    # means (cancel, stop the pool), so a worker never dies of one in the middle of a task.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent is the pool's process, passed explicitly: under forkserver os.getppid() is the
+    # fork server, which would outlive a crashed notebook kernel.
+    watch_parent(parent_pid)
+    try:
+        if init_payload is not None:
+            try:
+                initializer, initargs = cloudpickle.loads(init_payload)
+                initializer(*initargs)
+            except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
+                conn.send_bytes(pack_exception(INIT_FAILED, exc))
+                return
+        conn.send_bytes(pickle.dumps((READY, os.getpid())))
+        while True:
+            try:
+                payload = conn.recv_bytes()
+            except EOFError:
+                return  # the parent closed its end: nothing more will come
+            if payload == STOP:
+                return
+            conn.send_bytes(run_task(payload))
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the parent went away while we were talking to it
+    finally:
+        conn.close()
+
+
+def run_task(payload: bytes) -> bytes:
+    """Unpickle a task, run it, and return the message that reports its outcome."""
+    try:
+        fn, args, kwargs = cloudpickle.loads(payload)
+    except BaseException as exc:  # noqa: BLE001
+        return pack_exception(RAISED, exc)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit in a task fails the task, not the worker
+        return pack_exception(RAISED, exc, skip_frames=1)
+    try:
+        return pickle.dumps((RESULT, cloudpickle.dumps(result)))
+    except Exception as exc:  # noqa: BLE001
+        problem = TypeError(
+            f"the task returned a {type(result).__name__}, which cannot be sent back to the parent "
+            f"({exc}). Return plain data: numbers, strings, lists, dicts, numpy arrays."
+        )
+        return pack_exception(RAISED, problem)
+
+
+def pack_exception(tag: str, exc: BaseException, skip_frames: int = 0) -> bytes:
+    """The message for an exception: the exception itself if it pickles, and always its text.
+
+    ``skip_frames`` drops this module's own frames from the top of the traceback, so the student
+    sees their function first.
+    """
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        exc_bytes: bytes | None = cloudpickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - an unpicklable exception still travels as text
+        exc_bytes = None
+    return pickle.dumps((tag, exc_bytes, type(exc).__qualname__, str(exc), text))
+
+
+def run_chunk(fn: Callable[..., Any], chunk: Sequence[tuple]) -> list[Any]:
+    """Run ``fn`` over several argument tuples in one trip to the worker (``map(chunksize=...)``)."""
+    return [fn(*args) for args in chunk]
