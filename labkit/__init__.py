@@ -7,6 +7,8 @@ The names most labs need are importable from here; each lives in a small module 
 - :mod:`labkit.probe`: :class:`LoopProbe`, event-loop lag and utilization
 - :mod:`labkit.pool`: :class:`WorkerPool`, one executor over threads, processes or interpreters
 - :mod:`labkit.shm`: :class:`SharedArray`, numpy arrays in shared memory
+- :mod:`labkit.cluster`: :class:`Cluster`, N worker processes serving one port (Node's cluster, PM2)
+- :mod:`labkit.load`: :func:`run_load`, an HTTP load generator in its own process
 - :mod:`labkit.apps`: the demo web app and :class:`AppServer` to run it in the background
 - :mod:`labkit.measure`: experiments' measurements (:func:`trace_latency`, ...)
 - :mod:`labkit.plots` and :mod:`labkit.widgets`: pictures and live views of the above
@@ -54,6 +56,9 @@ __all__ = [
     # loaded on first use
     "WorkerPool",
     "SharedArray",
+    "Cluster",
+    "run_load",
+    "LoadReport",
     "AppServer",
     "demo_app",
     "trace_latency",
@@ -67,6 +72,9 @@ __all__ = [
 # `import labkit` stays fast and does not pull in tornado, matplotlib or ipywidgets.
 _LAZY = {
     "WorkerPool": "labkit.pool",
+    "Cluster": "labkit.cluster",
+    "run_load": "labkit.load",
+    "LoadReport": "labkit.load",
     "SharedArray": "labkit.shm",
     "AppServer": "labkit.apps",
     "demo_app": "labkit.apps",
@@ -82,6 +90,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .apps import AppServer, demo_app
     from .grading.checks import check
     from .measure import LatencyTrace, trace_latency
+    from .cluster import Cluster
+    from .load import LoadReport, run_load
     from .pool import WorkerPool
     from .shm import SharedArray
 

@@ -19,6 +19,8 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("labkit._doctor", "show this machine as the course sees it"),
     "assign": ("labkit._cmd_assign", "regenerate student notebooks from the solutions"),
+    "serve": ("labkit._cmd_serve", "run an app in a cluster of worker processes, in the foreground"),
+    "load": ("labkit._cmd_load", "drive HTTP load at a URL and print the report"),
     "check": ("labkit._cmd_check", "run exercise notebooks and show each part's verdict"),
 }
 

@@ -31,7 +31,15 @@ import psutil
 
 from .errors import ConfigurationError, LabkitError
 
-__all__ = ["CoreInfo", "Parallelism", "usable_cores", "measure_parallelism", "cgroup_cpu_quota"]
+__all__ = [
+    "CoreInfo",
+    "Parallelism",
+    "usable_cores",
+    "measure_parallelism",
+    "cgroup_cpu_quota",
+    "default_start_method",
+    "safe_start_method",
+]
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,19 @@ def default_start_method() -> str:
     """
     chosen = multiprocessing.get_start_method(allow_none=True)
     return chosen or multiprocessing.get_all_start_methods()[0]
+
+
+def safe_start_method() -> str:
+    """The start method labkit's pools and clusters use unless told otherwise: never ``fork``.
+
+    ``forkserver`` where the platform has it, else ``spawn``. A forked child is a copy of a parent
+    that runs threads (every Jupyter kernel does, and so do labkit's own supervisors), and a copy
+    can deadlock on a lock one of those threads held at the moment of the fork; Python 3.12 warns
+    about it and 3.14 stopped defaulting to fork on Linux. labkit sends notebook functions by
+    value, so a clean worker loses nothing by not being a copy.
+    """
+    available = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in available else "spawn"
 
 
 def _affinity() -> frozenset[int] | None:

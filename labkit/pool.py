@@ -84,7 +84,7 @@ from ._pool_base import (
 )
 from ._pool_progress import make_progress
 from ._pool_worker import run_chunk
-from .cores import usable_cores
+from .cores import safe_start_method, usable_cores
 from .errors import ConfigurationError
 
 __all__ = [
@@ -451,11 +451,7 @@ def _resolve_workers(workers: int | str) -> int:
 def _check_start_method(start_method: str | None) -> str:
     available = multiprocessing.get_all_start_methods()
     if start_method is None:
-        # Never fork by default: the parent always runs threads (this pool's dispatcher, and a
-        # Jupyter kernel's own), and a forked copy of a threaded process can deadlock on a lock
-        # some thread held; Python 3.12 warns about it and 3.14 stopped defaulting to it. Notebook
-        # functions travel by value (cloudpickle), so a clean worker loses nothing.
-        return "forkserver" if "forkserver" in available else "spawn"
+        return safe_start_method()  # never fork a parent that runs threads (this pool's own do)
     if start_method not in available:
         raise ConfigurationError(
             f"start_method {start_method!r} is not available here; this platform offers "

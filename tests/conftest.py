@@ -31,23 +31,38 @@ def _shm_names() -> set[str]:
 
 # multiprocessing's own helpers: one resource tracker (and one fork server) per interpreter, started
 # on first use and ended by the interpreter that started them when it exits. They are Python's
-# bookkeeping, not something a test or a notebook left running.
-INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+# bookkeeping, not something a test or a notebook left running. Careful: processes the fork
+# server forks (pool and cluster workers) inherit its command line, and those do count.
+RESOURCE_TRACKER = "multiprocessing.resource_tracker"
+FORK_SERVER = "multiprocessing.forkserver"
 
 
-def _is_helper(proc: psutil.Process) -> bool:
+def _command(proc: psutil.Process | None) -> str:
     try:
-        command = " ".join(proc.cmdline())
+        return " ".join(proc.cmdline()) if proc is not None else ""
     except psutil.Error:
-        return False
-    return any(helper in command for helper in INTERPRETER_HELPERS)
+        return ""
+
+
+def is_interpreter_helper(proc: psutil.Process) -> bool:
+    """Whether ``proc`` is multiprocessing's resource tracker or fork server (not a worker)."""
+    command = _command(proc)
+    if RESOURCE_TRACKER in command:
+        return True
+    if FORK_SERVER in command:
+        try:
+            parent = proc.parent()
+        except psutil.Error:
+            return False
+        return FORK_SERVER not in _command(parent)  # the server itself, not one of its forks
+    return False
 
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:
     try:
         return [
             c for c in proc.children(recursive=True)
-            if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and not _is_helper(c)
+            if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and not is_interpreter_helper(c)
         ]
     except psutil.Error:
         return []

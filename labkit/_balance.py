@@ -1,0 +1,191 @@
+"""How connections reach a cluster's workers: bound sockets, and the round-robin hand-off.
+
+Three ways, chosen by ``Cluster(balance=...)``:
+
+``os``           the primary binds and listens; every worker gets a copy of that one socket and
+                 calls ``accept()`` on it. The kernel decides which waiting worker wins each
+                 connection (often unevenly: a worker that just woke up tends to win again).
+``reuseport``    every worker binds its own socket to the same port with ``SO_REUSEPORT``; the
+                 kernel spreads connections over them by a hash of the client's address and port.
+                 The primary only holds a bound, non-listening placeholder so the port stays ours.
+``round-robin``  the primary alone accepts, and passes each connection's file descriptor to the
+                 next ready worker over a private ``socketpair`` (SCM_RIGHTS fd passing, via
+                 :func:`socket.send_fds`). That is Node.js's default cluster scheduling.
+
+The hand-off channel is an anonymous socketpair: it has no name in the filesystem or on the
+network, so no other process can connect to it; only the primary and that one worker hold its ends.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import threading
+import time
+
+from .errors import ConfigurationError
+
+__all__ = ["BALANCE_MODES", "check_balance", "bind_listener", "Acceptor", "receive_handoffs"]
+
+BALANCE_MODES = ("os", "reuseport", "round-robin")
+
+# How many connections the acceptor takes per wake-up before looking at its stop signal again.
+# Larger batches accept bursts with fewer system calls; smaller ones stop a little sooner.
+ACCEPT_BATCH = 64
+
+# After an accept() error that is not the client's doing (no descriptors left), wait this long
+# before trying again, instead of spinning on a socket that stays readable.
+ACCEPT_ERROR_PAUSE = 0.1
+
+# One byte travels with each passed descriptor: a stream socket cannot carry ancillary data alone.
+_HANDOFF_BYTE = b"c"
+
+
+def check_balance(balance: str) -> None:
+    """Raise :class:`ConfigurationError` if ``balance`` is unknown or unsupported on this platform."""
+    if balance not in BALANCE_MODES:
+        raise ConfigurationError(f"balance must be one of {', '.join(BALANCE_MODES)}; got {balance!r}")
+    if balance == "reuseport" and not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigurationError(
+            "balance='reuseport' needs SO_REUSEPORT, which this platform does not have "
+            "(Windows, for one); use balance='os' or 'round-robin'"
+        )
+    if balance == "round-robin" and not hasattr(socket, "send_fds"):
+        raise ConfigurationError(
+            "balance='round-robin' passes sockets between processes with socket.send_fds, "
+            "which this platform does not have (Windows would need socket.share); use balance='os'"
+        )
+
+
+def bind_listener(host: str, port: int, *, reuse_port: bool = False, listen: bool = True,
+                  backlog: int = 1024) -> socket.socket:
+    """Bind a TCP socket to ``host:port`` (port 0: the OS picks) and, unless told not to, listen."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name != "nt":
+            # Rebinding a port with connections in TIME_WAIT is fine for a server.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        if listen:
+            sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def receive_handoffs(channel: socket.socket) -> list[socket.socket] | None:
+    """Take every connection waiting on a worker's end of the hand-off channel.
+
+    Returns the connections (possibly none, if nothing was waiting), or ``None`` once the primary
+    has closed its end. ``channel`` must be non-blocking.
+    """
+    received: list[socket.socket] = []
+    while True:
+        try:
+            data, fds, _flags, _address = socket.recv_fds(channel, 256, 16)
+        except (BlockingIOError, InterruptedError):
+            return received
+        received.extend(socket.socket(fileno=fd) for fd in fds)
+        if not data and not fds:
+            return received or None
+
+
+class Acceptor:
+    """The primary's doorman in round-robin mode: accept, then pass the connection on.
+
+    A thread in the primary waits on the listening socket, accepts each connection, and sends its
+    descriptor to the next ready worker in turn, skipping any worker whose channel is full or
+    gone. Like a restaurant host who seats each arriving party at the next waiter's table, rather
+    than letting the waiters race to the door.
+
+    :meth:`add` and :meth:`remove` are called by the supervisor; after :meth:`remove` returns, no
+    further connection goes to that worker.
+    """
+
+    def __init__(self, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        self._listener = listener
+        self._targets: list[tuple[object, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._next = 0
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._run, name="labkit-cluster-acceptor", daemon=True)
+        self.handed = 0
+        self.dropped = 0
+
+    def fds(self) -> list[int]:
+        """Descriptors only the primary needs (a forked worker closes them)."""
+        return [self._wake_r.fileno(), self._wake_w.fileno()]
+
+    def start(self) -> None:
+        """Start accepting in a background thread."""
+        self._thread.start()
+
+    def add(self, key: object, channel: socket.socket) -> None:
+        """Start sending connections to the worker ``key`` over ``channel`` (non-blocking)."""
+        with self._lock:
+            self._targets.append((key, channel))
+
+    def remove(self, key: object) -> None:
+        """Send nothing more to the worker ``key``."""
+        with self._lock:
+            self._targets = [(k, c) for k, c in self._targets if k is not key]
+
+    def stop(self) -> None:
+        """Stop accepting and wait for the thread; the listener itself stays open."""
+        self._stopping = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # the wake channel is already full, so the thread wakes anyway
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in selector.select():
+                    if key.fileobj is self._listener and not self._stopping:
+                        self._accept_batch()
+
+    def _accept_batch(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                connection, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up between SYN and accept: next one
+            except OSError:
+                time.sleep(ACCEPT_ERROR_PAUSE)  # out of descriptors, say: do not spin on it
+                return
+            with connection:  # our copy closes once the worker has its own
+                self._hand_off(connection)
+
+    def _hand_off(self, connection: socket.socket) -> None:
+        with self._lock:
+            count = len(self._targets)
+            for attempt in range(count):
+                index = (self._next + attempt) % count
+                _, channel = self._targets[index]
+                try:
+                    socket.send_fds(channel, [_HANDOFF_BYTE], [connection.fileno()])
+                except OSError:
+                    continue  # full (a stuck worker) or closed (a dead one): try the next
+                self._next = index + 1
+                self.handed += 1
+                return
+        self.dropped += 1  # no worker could take it; closing it tells the client at once

@@ -1,0 +1,158 @@
+"""``labkit serve MODULE:APP -w max --balance os --port 8000``: a cluster in the foreground.
+
+Like ``pm2 start app.js -i max`` followed by ``pm2 logs``: prints a status table (``pm2 ls``)
+once the workers are ready, one line per event as workers start, crash, restart or stop, and
+the table again when things settle. Signals, as gunicorn's arbiter takes them:
+
+======================  ==========================================================
+SIGINT (Ctrl-C), TERM   stop gracefully: in-flight requests finish; a second Ctrl-C kills
+SIGHUP                  reload worker by worker (``kill -HUP PID``), no request fails
+======================  ==========================================================
+
+A port in use, an app that does not import, or a factory that raises: one line on stderr,
+exit status 1, and nothing left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+
+from .errors import ConfigurationError, LabkitError
+
+__all__ = ["configure", "run"]
+
+# After an event, wait this long for more before reprinting the table, so a burst of events
+# (a reload, a restart) gives one table, not ten.
+SETTLE_SECONDS = 0.3
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``labkit serve``."""
+    from ._balance import BALANCE_MODES
+
+    parser.add_argument("app", metavar="MODULE:APP", help="import string of a tornado app factory, "
+                        "e.g. labkit.apps:demo_app")
+    parser.add_argument("-w", "--workers", default="max",
+                        help="'max' (one per usable core), -1 (all but one) or a count (default max)")
+    parser.add_argument("--balance", choices=BALANCE_MODES, default="os",
+                        help="who spreads connections over workers (default os)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port to serve on; 0 picks a free one (default 8000)")
+    parser.add_argument("--start-method", choices=multiprocessing.get_all_start_methods(), default=None,
+                        help="how worker processes start (default: this Python's default)")
+    parser.add_argument("--graceful-timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long stopping workers may finish in-flight requests (default 10)")
+    parser.add_argument("--heartbeat-timeout", type=float, default=None, metavar="SECONDS",
+                        help="replace a worker whose event loop is silent this long (default 30)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until a signal says stop; return the exit code."""
+    from .cluster import Cluster
+
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    tunables = {name: value for name, value in (("graceful_timeout", args.graceful_timeout),
+                                                ("heartbeat_timeout", args.heartbeat_timeout)) if value is not None}
+    try:
+        cluster = Cluster(args.app, workers=args.workers, balance=args.balance, host=args.host, port=args.port,
+                          start_method=args.start_method, on_change=lambda event: inbox.put(("event", event)),
+                          **tunables)
+    except ConfigurationError as exc:
+        return _fail(exc, 2)
+    previous = _install({signal.SIGTERM: _raise_interrupt})  # during start-up, TERM aborts at once
+    try:
+        cluster.start()
+    except LabkitError as exc:
+        return _fail(exc, 1)
+    except KeyboardInterrupt:
+        print("labkit serve: interrupted while starting; nothing is left running", file=sys.stderr)
+        return 130
+    finally:
+        _restore(previous)
+    return _serve(cluster, inbox)
+
+
+def _serve(cluster, inbox: queue.SimpleQueue) -> int:
+    handlers = {signal.SIGINT: lambda *_: inbox.put(("stop", "SIGINT")),
+                signal.SIGTERM: lambda *_: inbox.put(("stop", "SIGTERM"))}
+    if hasattr(signal, "SIGHUP"):
+        handlers[signal.SIGHUP] = lambda *_: inbox.put(("reload", "SIGHUP"))
+    previous = _install(handlers)
+    try:
+        _drain(inbox)  # the start-up events are summed up by the first table
+        reload_hint = f"; kill -HUP {os.getpid()} reloads" if hasattr(signal, "SIGHUP") else ""
+        _say(f"labkit serve: {cluster.app} at {cluster.url} with {cluster.workers} workers "
+             f"(balance {cluster.balance}, start method {cluster.start_method}); Ctrl-C stops{reload_hint}")
+        _say(cluster.stats().table())
+        return _loop(cluster, inbox)
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: no more patience
+        cluster.stop(timeout=0)
+        return 130
+    finally:
+        cluster.stop()
+        _restore(previous)
+
+
+def _loop(cluster, inbox: queue.SimpleQueue) -> int:
+    unsettled = False
+    while True:
+        try:
+            kind, payload = inbox.get(timeout=SETTLE_SECONDS if unsettled else 1.0)
+        except queue.Empty:
+            if unsettled:
+                _say(cluster.stats().table())
+                unsettled = False
+            continue
+        if kind == "event":
+            _say(str(payload))
+            unsettled = True
+        elif kind == "reload":
+            _say(f"labkit serve: {payload}: reloading worker by worker")
+            try:
+                cluster.reload()
+            except LabkitError as exc:
+                print(f"labkit serve: {exc}", file=sys.stderr, flush=True)
+        elif kind == "stop":
+            _say(f"labkit serve: {payload}: stopping gracefully (Ctrl-C again to kill)")
+            _install({signal.SIGINT: signal.default_int_handler})
+            cluster.stop()
+            _drain(inbox, show=True)
+            _say("labkit serve: stopped")
+            return 0
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    print(f"labkit serve: {' '.join(str(exc).split())}", file=sys.stderr)
+    return code
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _drain(inbox: queue.SimpleQueue, show: bool = False) -> None:
+    while True:
+        try:
+            kind, payload = inbox.get_nowait()
+        except queue.Empty:
+            return
+        if show and kind == "event":
+            _say(str(payload))
+
+
+def _raise_interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def _install(handlers: dict) -> dict:
+    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+
+
+def _restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
