@@ -1,4 +1,11 @@
-"""Measurements the labs make: latency seen by a client, and the verdicts drawn from them.
+"""Measurements the labs make: latency seen by a client, scaling sweeps, and verdicts drawn from them.
+
+- :func:`trace_latency`: what a client sees while a heavy request runs (below);
+- :func:`timed_gather`, :func:`overlapped`: when each task of a batch ran;
+- :func:`sweep`, :func:`speedup`, :func:`judge_speedup`: a batch at several worker counts, judged
+  against the parallelism the machine delivered (see ``labkit/_sweep.py``);
+- :func:`cpu_timeline`: which cores did the work (see ``labkit/_timeline.py``);
+- :func:`best_of`: retry an experiment a busy machine spoiled.
 
 :func:`trace_latency` is the experiment of lab 01. It plays a user who keeps asking a server for a
 cheap page (``/fast``) while another user asks for an expensive one (``/hash``):
@@ -24,9 +31,28 @@ from typing import Any, TypeVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from ._sweep import SweepPoint, SweepResult, Verdict, default_worker_counts, judge_speedup, speedup, sweep
+from ._timeline import CpuTimeline, cpu_timeline
 from .errors import ConfigurationError
 
-__all__ = ["LatencyTrace", "trace_latency", "Span", "timed_gather", "overlapped", "best_of"]
+__all__ = [
+    "LatencyTrace",
+    "trace_latency",
+    "Span",
+    "timed_gather",
+    "overlapped",
+    "best_of",
+    # scaling sweeps and CPU timelines (defined in private modules, part of this module's API)
+    "SweepPoint",
+    "SweepResult",
+    "sweep",
+    "speedup",
+    "default_worker_counts",
+    "Verdict",
+    "judge_speedup",
+    "CpuTimeline",
+    "cpu_timeline",
+]
 
 T = TypeVar("T")
 
