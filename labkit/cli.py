@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("labkit._cmd_serve", "run an app in a cluster of worker processes, in the foreground"),
     "load": ("labkit._cmd_load", "drive HTTP load at a URL and print the report"),
     "check": ("labkit._cmd_check", "run exercise notebooks and show each part's verdict"),
+    "grade": ("labkit._cmd_grade", "grade students' notebooks in parallel and write the gradebook"),
 }
 
 

@@ -351,7 +351,7 @@ def test_check_mode_exits_0_when_the_exercises_are_up_to_date(course):
 
 
 def test_the_grading_package_exports_every_public_name_of_its_modules():
-    names = ["notebook", "assign", "checks", "runner"]
+    names = ["notebook", "assign", "checks", "runner", "grade"]
     modules = [sys.modules[f"labkit.grading.{name}"] for name in names]
     assert sorted(labkit.grading.__all__) == sorted(name for module in modules for name in module.__all__)
     assert all(hasattr(labkit.grading, name) for name in labkit.grading.__all__)

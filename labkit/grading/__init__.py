@@ -5,10 +5,12 @@
 - :mod:`labkit.grading.assign`: solutions to student exercises (:func:`assign`, :func:`outdated`)
 - :mod:`labkit.grading.checks`: :func:`check`, what a check cell runs, and :func:`register`
 - :mod:`labkit.grading.runner`: :func:`run_notebook`, run an exercise and read each part's verdict
+- :mod:`labkit.grading.grade`: :func:`grade`, fair scores for a batch of submissions, in parallel
+  (``labkit grade``), and :func:`write_gradebook`
 - ``labkit.grading.exNN``: the checks of exercise NN, loaded when first needed
 
-Importing this package is cheap and has no side effects: nbformat, the one heavy dependency, is
-imported only when a notebook is read or written.
+Importing this package is cheap and has no side effects: nbformat, nbclient and jupyter_client,
+the heavy dependencies, are imported only when a notebook is read, written or run.
 """
 
 from __future__ import annotations
@@ -30,8 +32,26 @@ from .assign import (
     make_exercise,
     outdated,
 )
-from .checks import RESULT_MIME, CheckFailed, CheckResult, Fail, NotDoneYet, check, register
-from .runner import DEFAULT_CELL_TIMEOUT, PartOutcome, run_notebook
+from .checks import CHECK_LOCK_ENV, RESULT_MIME, CheckFailed, CheckResult, Fail, NotDoneYet, check, register
+from .grade import (
+    Exercise,
+    GradebookFiles,
+    GradeError,
+    GradeReport,
+    GradeSettings,
+    ProgressCallback,
+    Submission,
+    SubmissionError,
+    SubmissionResult,
+    SubmissionStatus,
+    default_lock_path,
+    find_submissions,
+    grade,
+    load_exercise,
+    load_solutions,
+    write_gradebook,
+)
+from .runner import DEFAULT_CELL_TIMEOUT, PartOutcome, PartStatus, run_notebook
 from .notebook import (
     BEGIN_SOLUTION,
     CHECK_KEYS,
@@ -56,8 +76,10 @@ __all__ = [
     "Fail",
     "NotDoneYet",
     "RESULT_MIME",
+    "CHECK_LOCK_ENV",
     # runner: execute a notebook and read its verdicts
     "PartOutcome",
+    "PartStatus",
     "run_notebook",
     "DEFAULT_CELL_TIMEOUT",
     # notebook: the authoring format
@@ -83,4 +105,21 @@ __all__ = [
     "make_exercise",
     "assign",
     "outdated",
+    # grade: grading a batch of submissions
+    "grade",
+    "load_solutions",
+    "load_exercise",
+    "find_submissions",
+    "write_gradebook",
+    "default_lock_path",
+    "GradeSettings",
+    "GradeReport",
+    "GradeError",
+    "SubmissionResult",
+    "SubmissionStatus",
+    "Submission",
+    "SubmissionError",
+    "Exercise",
+    "GradebookFiles",
+    "ProgressCallback",
 ]

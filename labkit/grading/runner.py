@@ -1,80 +1,60 @@
 """Run an exercise notebook in a fresh kernel and read back each part's verdict.
 
-This is what ``labkit check NOTEBOOK`` does for a student, and the first step of grading: execute
-every cell in order (a failing cell does not stop the run, so one unfinished part does not hide
-the others), then look at each check cell:
+This is what ``labkit check NOTEBOOK`` does for a student, on the same engine the grader uses
+(:mod:`labkit.grading._engine`): every cell runs in order (a failing cell does not stop the run, so
+one unfinished part does not hide the others), a cell over its timeout is interrupted and the run
+goes on, and a kernel that dies is replaced so the later parts still get their verdict. Then each
+check cell is read:
 
 - it displayed a check record (:data:`~labkit.grading.checks.RESULT_MIME`): that is the verdict;
 - it raised before any record (say, ``NameError`` for a function the student deleted): failed,
-  with the error as the reason;
-- it never finished (the cell timed out): failed, "timed out".
+  with the error as the reason, and with what went wrong in the cells just above it;
+- it timed out, or the kernel died while it ran, or it never ran: the part's
+  :class:`PartStatus` says which, and the message says why.
+
+This reader trusts the notebook it runs: it is a student checking their own work. The grader
+(:mod:`labkit.grading.grade`) reads verdicts that the student's code cannot forge.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
-from .checks import RESULT_MIME
+from ._engine import EngineSettings, NotebookRun, run_sync
+from ._outcomes import PartOutcome, PartStatus, part_outcome, problems_before, recorded_verdict
 from .notebook import parse_parts, read_notebook
 
-__all__ = ["PartOutcome", "run_notebook", "DEFAULT_CELL_TIMEOUT"]
+__all__ = ["PartOutcome", "PartStatus", "run_notebook", "DEFAULT_CELL_TIMEOUT"]
 
 #: Seconds one cell may run. Checks retry a spoiled measurement up to three times, and the slowest
 #: does a few seconds of work each time on a loaded machine; a minute leaves a wide margin.
 DEFAULT_CELL_TIMEOUT = 60
 
 
-@dataclass(frozen=True)
-class PartOutcome:
-    """One part's result: its id, points earned of those possible, and the message."""
-
-    part: str
-    points: float
-    max_points: float
-    passed: bool
-    message: str
-    hidden: bool = False
-
-
 def run_notebook(path: str | os.PathLike[str], *, timeout: int = DEFAULT_CELL_TIMEOUT,
                  kernel_name: str = "python3", cwd: str | os.PathLike[str] | None = None):
-    """Execute the notebook at ``path`` in a fresh kernel; return ``(executed notebook, outcomes)``."""
-    import nbclient
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    """Execute the notebook at ``path`` in a fresh kernel; return ``(executed notebook, outcomes)``.
 
+    ``outcomes`` holds one :class:`PartOutcome` per check cell, in cell order. The kernel starts
+    in ``cwd`` (default: the notebook's folder), so the notebook finds the files beside it.
+    """
     path = Path(path)
     nb = read_notebook(path)
     parts = parse_parts(nb, source=path)
-    client = nbclient.NotebookClient(
-        nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
-        resources={"metadata": {"path": str(cwd or path.parent)}},
+    check_cells = {part.cell_index for part in parts}
+    engine = NotebookRun(
+        nb, EngineSettings(timeout=timeout, kernel_name=kernel_name), workdir=Path(cwd or path.parent),
+        replayable=lambda index: index not in check_cells,
     )
-    failure = None
-    try:
-        # The kernel's own log lines (transport warnings and the like) are not the student's
-        # business; its outputs arrive through the notebook protocol, not through stderr.
-        client.execute(stderr=subprocess.DEVNULL)
-    except CellTimeoutError:
-        failure = f"a cell ran longer than {timeout} s and was stopped"
-    except DeadKernelError:
-        failure = "the kernel died while running the notebook"
-    return nb, [_outcome(nb.cells[p.cell_index], p, failure) for p in parts]
-
-
-def _outcome(cell, part, failure: str | None) -> PartOutcome:
-    def result(passed: bool, message: str) -> PartOutcome:
-        return PartOutcome(part.id, part.points if passed else 0, part.points, passed, message, part.hidden)
-
-    for output in cell.get("outputs", []):
-        record = output.get("data", {}).get(RESULT_MIME)
-        if record and record.get("part") == part.id:
-            return result(bool(record.get("passed")), str(record.get("message", "")))
-    for output in cell.get("outputs", []):
-        if output.get("output_type") == "error":
-            return result(False, f"the check could not run: {output.get('ename')}: {output.get('evalue')}")
-    if cell.get("execution_count") is None:
-        return result(False, f"the check cell did not run ({failure or 'an earlier cell stopped the run'})")
-    return result(False, "the check cell ran but reported nothing: was it edited?")
+    runs = run_sync(engine.run)
+    labels = list(range(1, len(nb.cells) + 1))
+    outcomes = []
+    previous = 0
+    for part in parts:
+        run = runs[part.cell_index]
+        verdict = recorded_verdict(nb.cells[part.cell_index], part)
+        context = problems_before(nb, runs, previous, part.cell_index, labels)
+        outcomes.append(part_outcome(part, run, verdict, context))
+        previous = part.cell_index + 1
+    return nb, outcomes

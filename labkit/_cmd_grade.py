@@ -1,0 +1,154 @@
+"""``labkit grade SUBMISSION...``: grade students' exercise notebooks and write the gradebook.
+
+Each submission runs in a fresh kernel against the canonical checks of its exercise (found in
+``--solutions``), several at once (``--jobs``). A progress line shows on stderr while it runs, a
+summary table on stdout at the end, and ``--out`` receives ``gradebook.csv``, ``results/*.json``
+and ``feedback/*.md``. Exit status 0 when every submission was graded (zero scores and rejected
+notebooks included: they have their line in the gradebook), 1 when grading could not run or the
+grader failed on a submission, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from labkit.grading import SubmissionResult
+
+__all__ = ["configure", "run"]
+
+
+def _jobs(text: str) -> int | str:
+    if text == "max":
+        return text
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'max' or a whole number, got {text!r}") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 job, got {jobs}")
+    return jobs
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``labkit grade``."""
+    parser.add_argument("submissions", nargs="+", metavar="SUBMISSION",
+                        help="notebooks, folders of them (one folder per student, or files named by student), "
+                             "or glob patterns")
+    parser.add_argument("--solutions", default="solutions", metavar="DIR",
+                        help="folder of solutions notebooks with the canonical checks (default: solutions)")
+    parser.add_argument("--jobs", type=_jobs, default="max", metavar="N",
+                        help="submissions graded at once: a number, or 'max' for this machine's usable cores "
+                             "(default: max)")
+    parser.add_argument("--timeout", type=_positive, default=None, metavar="SECONDS",
+                        help="seconds one cell may run (default: 60)")
+    parser.add_argument("--submission-timeout", type=_positive, default=None, metavar="SECONDS",
+                        help="seconds one submission may run in all, restarts included "
+                             "(default: 10 cell timeouts)")
+    parser.add_argument("--memory-limit", type=_positive, default=None, metavar="MB",
+                        help="memory one kernel and its processes may use (default: 80%% of the machine's, "
+                             "shared by the jobs)")
+    parser.add_argument("--out", default="grades", metavar="DIR",
+                        help="where the gradebook, results and feedback go (default: grades)")
+
+
+class _Progress:
+    """One line on stderr that follows the run (rewritten in place on a terminal)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int, running: tuple[str, ...], finished: SubmissionResult | None) -> None:
+        from labkit.grading._engine import clean_text
+
+        elapsed = time.monotonic() - self.started
+        if self.live:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            names = ", ".join(clean_text(name, 20) for name in running)
+            line = f"grading: {done}/{total} done, {elapsed:.0f} s" + (f"; running {names}" if names else "")
+            self.stream.write("\r" + line[:width].ljust(width))
+            if done == total:
+                self.stream.write("\n")
+        elif finished is not None:
+            self.stream.write(f"[{done}/{total}] {clean_text(finished.student, 40)} {finished.exercise or '?'}: "
+                              f"{finished.points:g}/{finished.max_points:g} ({finished.status.value})\n")
+        self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Grade the submissions and write the gradebook; see the module docstring for exit codes."""
+    from labkit.grading._gradebook import prepare_out, summary_table
+    from labkit.grading.grade import (
+        GradeError,
+        GradeSettings,
+        find_submissions,
+        grade,
+        load_solutions,
+        write_gradebook,
+    )
+    from labkit.grading.runner import DEFAULT_CELL_TIMEOUT
+
+    def fail(message: str) -> int:
+        print(f"labkit grade: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        exercises = load_solutions(args.solutions)
+        out = prepare_out(args.out)
+    except GradeError as exc:
+        return fail(str(exc))
+    for exercise in exercises.values():
+        for warning in exercise.warnings:
+            print(f"labkit grade: warning: {warning}", file=sys.stderr)
+    names = {name for e in exercises.values() for name in (e.id, e.path.stem)}
+    submissions, warnings = find_submissions(args.submissions, exercise_names=names)
+    for warning in warnings:
+        print(f"labkit grade: warning: {warning}", file=sys.stderr)
+    if not submissions:
+        return fail("no submissions matched; give notebook files, folders of them, or glob patterns")
+    jobs = args.jobs
+    if jobs == "max":
+        from labkit.cores import usable_cores
+
+        jobs = usable_cores().usable
+    try:
+        settings = GradeSettings(
+            timeout=args.timeout or DEFAULT_CELL_TIMEOUT, budget=args.submission_timeout,
+            memory_limit=args.memory_limit * 2**20 if args.memory_limit else None,
+            jobs=max(1, min(jobs, len(submissions))))
+    except GradeError as exc:
+        return fail(str(exc))
+    print(f"grading {len(submissions)} submission{'s' if len(submissions) != 1 else ''} of "
+          f"{len(exercises)} exercise{'s' if len(exercises) != 1 else ''} with {settings.jobs} "
+          f"job{'s' if settings.jobs != 1 else ''}", file=sys.stderr, flush=True)
+    try:
+        report = grade(submissions, exercises, settings, progress=_Progress(sys.stderr))
+    except GradeError as exc:
+        return fail(str(exc))
+    try:
+        files = write_gradebook(report, out)
+    except (GradeError, OSError) as exc:
+        return fail(f"{out}: could not write the grades ({exc})")
+    print(summary_table(report, width=shutil.get_terminal_size((100, 20)).columns))
+    print(f"\n{len(report.results)} graded in {report.seconds:.0f} s with {report.jobs} jobs; gradebook: "
+          f"{files.gradebook}, results: {out / 'results'}, feedback: {out / 'feedback'}")
+    if not report.complete:
+        return fail("the grader could not run some submissions (status 'error' above); fix the cause and "
+                    "grade them again")
+    return 0

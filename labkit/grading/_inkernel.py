@@ -1,0 +1,176 @@
+"""The grader's agent inside a student's kernel: sealed verdicts and tamper evidence.
+
+The grader's first cell, run before any of the student's code, calls :func:`arm`. Arming
+
+1. reads the run's secret (a random key) from a file the grader wrote for this kernel alone,
+   deletes the file and forgets the environment variable that named it, so that no later cell
+   can find the key in a file, a variable or a cell's source;
+2. takes the machine-wide lock path (:data:`~labkit.grading.checks.CHECK_LOCK_ENV`) out of the
+   environment too: only the grader's own check cells take the lock, so a student's own call to
+   ``labkit.check`` in some cell never makes another student's measurement wait;
+3. loads every check of the exercise and notes what labkit's functions are at that moment;
+4. returns a private copy of the ``labkit`` module whose ``check`` is :func:`sealed` below. The
+   grader rewrites each canonical check cell to use that copy under a random name, so a student
+   who rebinds ``labkit`` or ``check`` in their namespace changes nothing for the grader.
+
+A sealed check runs the real :func:`labkit.check` and then displays a *seal*: the part, the
+verdict and an HMAC of both under the run's key (MIME type :data:`SEAL_MIME`). The grader scores a
+part only from a seal whose HMAC it can verify, found in the output of the canonical check cell's
+own execution. Printed text, displayed records, stored outputs and edited cells carry no valid
+seal, so they cannot raise a score. Think of a wax seal pressed with a ring only the grader holds:
+anyone can draw a seal, no one else can press that one.
+
+Before running, a sealed check compares labkit's functions (and the ``time`` module's) with what
+arming saw. A notebook that replaced one (``labkit.measure.best_of = ...``) gets a failing seal
+that names the replaced function. This is tamper *evidence* for the obvious cases, not a sandbox:
+code in the same interpreter can, with deliberate effort, reach the key through introspection.
+
+The grader checks seals with :func:`verify_seals`, beside :func:`seal_token`, so that one module
+knows the seal's format on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import sys
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["SEAL_MIME", "ARM_ENV", "seal_token", "verify_seals", "arm"]
+
+#: MIME type of a seal: ``{"part": ..., "passed": ..., "message": ..., "token": ...}``.
+SEAL_MIME = "application/vnd.labkit.grade-seal+json"
+
+#: Environment variable naming the file that holds the run's key; read once, then removed.
+ARM_ENV = "LABKIT_GRADE_ARM"
+
+# Modules whose functions a check relies on to measure; changing one voids the verdict.
+_WATCHED_PREFIXES = ("labkit",)
+_WATCHED_MODULES = ("time",)
+
+
+def seal_token(key: bytes, part: str, passed: bool, message: str) -> str:
+    """The HMAC that vouches for one verdict; the grader recomputes it to verify a seal."""
+    payload = json.dumps([part, bool(passed), message], ensure_ascii=True)
+    return hmac.new(key, payload.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def verify_seals(records: Sequence[Any], part: str, key: bytes) -> tuple[tuple[bool, str] | None, int]:
+    """The verdict of ``part`` vouched for by a valid seal, and how many records were not valid.
+
+    Of several valid seals (there is one, unless the key leaked) a failure wins.
+    """
+    verdict, forged = None, 0
+    for record in records:
+        if not isinstance(record, Mapping):
+            forged += 1
+            continue
+        passed, message, token = record.get("passed"), record.get("message"), record.get("token")
+        if (record.get("part") != part or not isinstance(passed, bool) or not isinstance(message, str)
+                or not isinstance(token, str)):
+            forged += 1
+            continue
+        if not hmac.compare_digest(token, seal_token(key, part, passed, message)):
+            forged += 1
+            continue
+        if verdict is None or not passed:
+            verdict = (passed, message)
+    return verdict, forged
+
+
+def _watched_modules() -> list[types.ModuleType]:
+    found = [module for name, module in list(sys.modules.items())
+             if isinstance(module, types.ModuleType) and name.split(".", 1)[0] in _WATCHED_PREFIXES]
+    return found + [sys.modules[name] for name in _WATCHED_MODULES if name in sys.modules]
+
+
+def _snapshot() -> dict[tuple[str, str], tuple[Any, Any]]:
+    """Every function and class in the watched modules, with the code object of each function."""
+    seen = {}
+    for module in _watched_modules():
+        for name, value in list(vars(module).items()):
+            if callable(value) or isinstance(value, types.ModuleType):
+                seen[(module.__name__, name)] = (value, getattr(value, "__code__", None))
+    return seen
+
+
+def _replaced(snapshot: dict[tuple[str, str], tuple[Any, Any]]) -> list[str]:
+    changed = []
+    for (module_name, name), (value, code) in snapshot.items():
+        module = sys.modules.get(module_name)
+        current = getattr(module, name, None) if module is not None else None
+        if current is not value or getattr(current, "__code__", None) is not code:
+            changed.append(f"{module_name}.{name}")
+    return sorted(changed)
+
+
+def arm(parts: Iterable[str]) -> types.ModuleType:
+    """Prepare this kernel for grading and return the private ``labkit`` the check cells use.
+
+    ``parts`` are the exercise's check ids. Raises :class:`~labkit.grading.grade.GradeError` when the
+    kernel was not started by the grader (there is no key to read).
+    """
+    path = os.environ.pop(ARM_ENV, None)
+    if not path:
+        from ._results import GradeError
+
+        raise GradeError(f"{ARM_ENV} is not set: this kernel was not started by labkit grade; run the "
+                         f"notebook with labkit check instead")
+    with open(path, encoding="utf-8") as handle:
+        armed = json.load(handle)
+    os.unlink(path)
+    key = bytes.fromhex(armed["key"])
+
+    import labkit
+    from IPython.display import display
+    from labkit.errors import LabkitError
+
+    from . import checks
+
+    lock_path = os.environ.pop(checks.CHECK_LOCK_ENV, None)
+    registered = {}
+    for part in parts:
+        try:
+            registered[part] = checks._find(part)
+        except LabkitError:
+            registered[part] = None  # registered later by a cell of the notebook itself
+    snapshot = _snapshot()
+    real_check, failed_type, result_type = checks.check, checks.CheckFailed, checks.CheckResult
+
+    def publish(part: str, passed: bool, message: str) -> None:
+        token = seal_token(key, part, passed, message)
+        display({SEAL_MIME: {"part": part, "passed": passed, "message": message, "token": token}}, raw=True)
+
+    async def sealed(part: str, *args: Any, **kwargs: Any) -> None:
+        """Run ``labkit.check`` for the grader and seal its verdict."""
+        changed = _replaced(snapshot)
+        current = checks._REGISTRY.get(part)
+        if registered.get(part) is not None and current is not registered[part]:
+            changed.append(f"the registered check for {part}")
+        if changed:
+            shown = ", ".join(changed[:5]) + (" and more" if len(changed) > 5 else "")
+            message = (f"code in this notebook replaced {shown}, which the check relies on, so its verdict "
+                       f"cannot be trusted. Remove that code and submit again.")
+            publish(part, False, message)
+            raise failed_type(result_type(part, False, message))
+        if lock_path:
+            os.environ[checks.CHECK_LOCK_ENV] = lock_path
+        try:
+            await real_check(part, *args, **kwargs)
+        except failed_type as exc:
+            publish(part, False, exc.result.message)
+            raise
+        finally:
+            os.environ.pop(checks.CHECK_LOCK_ENV, None)
+        publish(part, True, "")
+
+    private = types.ModuleType("labkit", labkit.__doc__)
+    private.__dict__.update(vars(labkit))
+    private.check = sealed
+    # Names labkit loads on first use are fetched from the real module when asked for.
+    private.__getattr__ = lambda name: getattr(labkit, name)
+    return private

@@ -1,0 +1,338 @@
+"""One kernel process for the engine: started, given cells, watched, stopped with its whole group.
+
+The kernel starts in a session of its own, so its process group holds it and every process it
+starts (a student's process pool, the multiprocessing resource tracker). That group is what the
+memory watch measures, and what is ended when the kernel is done, dead or stuck: nothing a
+student's notebook started outlives its grading.
+
+A timeout interrupts the kernel process alone (SIGINT to its pid, not to its group), as Jupyter's
+stop button would with a process pool that survives: the pool's workers are not the ones looping.
+The kernel's own stdout and stderr (log lines, writes from native code) go nowhere, so they never
+reach the terminal; everything a cell shows arrives through the notebook protocol, capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CellFate", "Kernel", "clean_text", "describe_exit"]
+
+#: Seconds a timed-out cell's kernel has, after the interrupt, to answer a probe before it is
+#: called stuck and restarted. An interrupted Python loop answers in milliseconds; code that
+#: ignores SIGINT never does, and waiting longer would only spend the submission's time budget.
+INTERRUPT_GRACE = 5.0
+#: How often the memory watch looks at the kernel's processes. A faster watch catches a runaway
+#: allocation earlier and costs a little CPU on a machine that is also measuring checks.
+WATCH_SECONDS = 0.5
+#: Characters of output kept per cell, and per notebook; plots of a few tens of kB fit easily.
+CELL_OUTPUT_CHARS = 200_000
+NOTEBOOK_OUTPUT_CHARS = 5_000_000
+#: Outputs kept per cell (many small prints arrive as many stream messages).
+CELL_OUTPUTS = 200
+#: Traceback lines kept per error, and characters per line.
+TRACEBACK_LINES = 60
+LINE_CHARS = 2_000
+#: Seconds the other processes of a finished kernel's group get to exit on their own (a
+#: multiprocessing resource tracker cleans shared memory as it goes) before they are killed.
+REAP_GRACE = 2.0
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Control characters (escape sequences start with one) and the Unicode controls that reorder text.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Text safe to show: no terminal escapes or control characters, at most ``limit`` characters."""
+    text = _CONTROL.sub("", _ANSI.sub("", str(text)))
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+class CellFate(Enum):
+    """How one code cell's execution ended."""
+
+    OK = "ok"
+    ERROR = "error"  # raised an exception; the kernel is fine
+    TIMEOUT = "timeout"  # ran over its time and was stopped
+    DIED = "died"  # the kernel died while it ran
+    NOT_RUN = "not run"  # never started: time budget spent, too many restarts, or skipped
+
+
+def describe_exit(code: int | None) -> str:
+    """Why a kernel process ended, from its exit status, for a student to read."""
+    if code is None:
+        return "the kernel stopped unexpectedly"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        known = {
+            "SIGSEGV": "the kernel crashed with a segmentation fault (native code read memory it may not, "
+                       "for example through ctypes)",
+            "SIGKILL": "the kernel was killed (SIGKILL; the usual cause is running out of memory)",
+            "SIGABRT": "the kernel aborted (a fatal error in native code)",
+            "SIGBUS": "the kernel crashed with a bus error (native code read invalid memory)",
+        }
+        return known.get(name, f"the kernel was stopped by {name}")
+    return f"the kernel exited with status {code} (os._exit, or a fatal error in the interpreter)"
+
+
+def _null_logger() -> logging.Logger:
+    # A logger outside logging's tree: nbclient's and jupyter_client's complaints ("Kernel died",
+    # "Timeout waiting for execute reply") are reported by the engine in the student's terms.
+    logger = logging.Logger("labkit.grading.engine")
+    logger.addHandler(logging.NullHandler())
+    return logger
+
+
+@functools.cache
+def _classes() -> tuple[type, type]:
+    """The jupyter_client and nbclient subclasses, built on first use (they import slowly)."""
+    from jupyter_client import AsyncKernelManager
+    from nbclient import NotebookClient
+
+    class GradingKernelManager(AsyncKernelManager):
+        """Interrupts the kernel process alone: its process pools keep their workers."""
+
+        async def interrupt_kernel(self) -> None:
+            process = getattr(self.provisioner, "process", None)
+            if os.name == "posix" and process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGINT)
+            else:
+                await super().interrupt_kernel()
+
+    class CappedClient(NotebookClient):
+        """nbclient's client, with outputs capped as they arrive and one MIME type set aside."""
+
+        def __init__(self, nb: Any, *, aside_mime: str | None, **kw: Any) -> None:
+            super().__init__(nb, **kw)
+            self.aside_mime = aside_mime
+            self.aside: dict[int, list[Any]] = defaultdict(list)
+            self.replies: dict[int, dict[str, Any]] = {}
+            self.used: dict[int, int] = defaultdict(int)
+            self.dropped: dict[int, int] = defaultdict(int)
+            self.total_used = 0
+            self.on_cell_executed = self._note_reply
+
+        def _note_reply(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
+            self.replies[cell_index] = execute_reply.get("content", {}) if execute_reply else {}
+
+        def _room(self, index: int, cell: Any) -> int:
+            if len(cell.outputs) >= CELL_OUTPUTS:
+                return 0
+            return max(0, min(CELL_OUTPUT_CHARS - self.used[index], NOTEBOOK_OUTPUT_CHARS - self.total_used))
+
+        def _spend(self, index: int, size: int) -> None:
+            self.used[index] += size
+            self.total_used += size
+
+        def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
+            kind = msg["msg_type"]
+            content = msg.get("content", {})
+            if kind.startswith("comm"):
+                return None  # no widgets when grading
+            data = content.get("data") if isinstance(content.get("data"), dict) else None
+            if kind == "display_data" and data is not None and self.aside_mime in data:
+                self.aside[cell_index].append(data[self.aside_mime])
+                return None
+            if kind == "stream":
+                text = str(content.get("text", ""))
+                room = self._room(cell_index, cell)
+                if room < len(text):
+                    self.dropped[cell_index] += len(text) - room
+                    if room == 0:
+                        return None
+                    content["text"] = text[:room]
+                self._spend(cell_index, min(room, len(text)))
+            elif kind == "error":
+                traceback = [clean_text(line, LINE_CHARS) for line in content.get("traceback", [])]
+                content["traceback"] = traceback[-TRACEBACK_LINES:]
+                content["evalue"] = clean_text(content.get("evalue", ""), LINE_CHARS)
+            elif data is not None and kind in ("display_data", "execute_result", "update_display_data"):
+                size = sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in data.values())
+                room = CELL_OUTPUT_CHARS if kind == "update_display_data" else self._room(cell_index, cell)
+                if size > room:
+                    self.dropped[cell_index] += size
+                    if kind != "update_display_data" and room == 0:
+                        return None
+                    plain = str(data.get("text/plain", ""))
+                    content["data"] = {"text/plain": plain[: max(room - 80, 0)] + "\n[output too large, cut]"}
+                    size = min(size, room)
+                if kind != "update_display_data":
+                    self._spend(cell_index, size)
+            return super().process_message(msg, cell, cell_index)
+
+    return GradingKernelManager, CappedClient
+
+
+class Kernel:
+    """One kernel process: started, given cells, stopped together with its process group."""
+
+    def __init__(self, nb: Any, *, kernel_name: str, startup_timeout: int, memory_limit: int | None,
+                 aside_mime: str | None, timeout_token: str) -> None:
+        manager_class, client_class = _classes()
+        log = _null_logger()
+        self.memory_limit = memory_limit
+        self.timeout_token = timeout_token
+        self.km = manager_class(kernel_name=kernel_name, log=log)
+        self.client = client_class(
+            nb, km=self.km, aside_mime=aside_mime, log=log, kernel_name=kernel_name,
+            allow_errors=True, interrupt_on_timeout=True, startup_timeout=startup_timeout,
+            error_on_timeout={"ename": "CellTimeout", "evalue": timeout_token, "traceback": []},
+        )
+        self.watch: asyncio.Task[None] | None = None
+        self.pid: int | None = None
+        self.pgid: int | None = None
+        self.known_pids: set[int] = set()
+        self.memory_reason: str | None = None
+        self.stuck = False
+
+    def __repr__(self) -> str:
+        state = "stuck" if self.stuck else "started" if self.pid else "not started"
+        return f"<Kernel pid={self.pid} {state}>"
+
+    async def start(self, env: Mapping[str, str], cwd: Path) -> None:
+        """Start the kernel in ``cwd`` and connect to it; its own stdout and stderr are discarded."""
+        import subprocess
+
+        await self.client.async_start_new_kernel(
+            cwd=str(cwd), env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = getattr(self.km.provisioner, "pid", None)
+        self.pgid = getattr(self.km.provisioner, "pgid", None)
+        await self.client.async_start_new_kernel_client()
+        if self.memory_limit or os.name != "posix":
+            self.watch = asyncio.ensure_future(self._watch())
+
+    async def run_cell(self, index: int, timeout: int) -> tuple[CellFate, str | None]:
+        """Execute cell ``index`` with a timeout; how it ended and, if badly, why."""
+        from nbclient.exceptions import DeadKernelError
+
+        client = self.client
+        client.timeout = timeout
+        client.replies.pop(index, None)
+        try:
+            await client.async_execute_cell(client.nb.cells[index], index)
+        except DeadKernelError:
+            return CellFate.DIED, await self.death_reason()
+        reply = client.replies.get(index, {})
+        if reply.get("evalue") == self.timeout_token:
+            if await self.responsive():
+                return CellFate.TIMEOUT, f"ran longer than {timeout} s and was stopped"
+            self.stuck = True
+            if self.memory_reason:
+                return CellFate.DIED, self.memory_reason
+            return CellFate.TIMEOUT, (f"ran longer than {timeout} s and did not stop when interrupted, "
+                                      f"so the kernel was restarted")
+        if reply.get("status") == "error":
+            return CellFate.ERROR, clean_text(f"{reply.get('ename', 'Error')}: {reply.get('evalue', '')}", 500)
+        if reply.get("status") == "aborted":
+            return CellFate.ERROR, "the kernel aborted this cell"
+        return CellFate.OK, None
+
+    async def responsive(self, grace: float = INTERRUPT_GRACE) -> bool:
+        """Whether the kernel answers a trivial request within ``grace`` seconds (it is not stuck)."""
+        from queue import Empty
+
+        kc = self.client.kc
+        if kc is None or not await self.km.is_alive():
+            return False
+        msg_id = kc.execute("None", silent=True, store_history=False)
+        deadline = time.monotonic() + grace
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                reply = await kc.get_shell_msg(timeout=remaining)
+            except Empty:
+                return False
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                return True
+        return False
+
+    async def death_reason(self) -> str:
+        """Why the kernel died: over the memory limit, or what its exit status tells."""
+        if self.memory_reason:
+            return self.memory_reason
+        process = getattr(self.km.provisioner, "process", None)
+        return describe_exit(process.poll() if process is not None else None)
+
+    async def _watch(self) -> None:
+        import psutil
+
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                root = psutil.Process(self.pid)
+                processes = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return  # the kernel is gone; run_cell reports why
+            total = 0
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+                    self.known_pids.add(process.pid)
+            limit = self.memory_limit
+            if limit and total > limit:
+                self.memory_reason = (
+                    f"the kernel and its processes used {total / 2**20:,.0f} MB, more than the grader's "
+                    f"limit of {limit / 2**20:,.0f} MB, and were stopped")
+                self.kill_group()
+                return
+
+    def kill_group(self) -> None:
+        """Kill the kernel and every process it started (its process group on POSIX)."""
+        if os.name == "posix" and self.pgid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pgid, signal.SIGKILL)
+            return
+        import psutil
+
+        for pid in self.known_pids | ({self.pid} if self.pid else set()):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+
+    def _group_alive(self) -> bool:
+        if os.name != "posix" or not self.pgid:
+            return False
+        try:
+            os.killpg(self.pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Shut the kernel down (politely if it still answers), then end what is left of its group."""
+        if self.watch is not None:
+            self.watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watch
+        try:
+            if self.km.has_kernel:
+                alive = await self.km.is_alive()
+                if alive and not self.stuck:
+                    await self.km.shutdown_kernel(now=False)
+                else:
+                    if not alive:  # orphans get a moment to clean up after their dead kernel
+                        deadline = time.monotonic() + REAP_GRACE
+                        while self._group_alive() and time.monotonic() < deadline:
+                            await asyncio.sleep(0.1)
+                    await self.km.shutdown_kernel(now=True)
+        finally:
+            if self.client.kc is not None:
+                self.client.kc.stop_channels()
+                self.client.kc = None
+            deadline = time.monotonic() + REAP_GRACE
+            while self._group_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            self.kill_group()

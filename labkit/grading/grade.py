@@ -1,0 +1,346 @@
+"""Grade a batch of students' exercise notebooks, fairly and in parallel: what ``labkit grade`` runs.
+
+::
+
+    SUBMISSION...  --find_submissions-->  [alice.ipynb, bob/01_x.ipynb, ...]
+                                               |  read leniently; matched to its exercise by
+                                               |  metadata (labkit.exercise), not by file name
+    solutions/  --load_solutions-->  Exercise  |
+                                        \\      v
+                           plan: the student's cells + the canonical checks (hidden ones too)
+                                               |
+                 --jobs workers, each: fresh kernel, fresh folder, own ports (engine: _engine.py)
+                                               |  check cells take turns (one at a time), and
+                                               |  hold the machine-wide lock file while they run
+                                               v
+                   SubmissionResult per notebook --write_gradebook--> CSV, JSON per submission,
+                                                                      Markdown per student
+
+Every submission ends as one :class:`SubmissionResult`, whatever it does: a notebook that loops,
+crashes its kernel, is cut off mid-JSON or belongs to an unknown exercise gets zeros with the
+reason, and the batch goes on. Only a broken grading setup (no solutions, no kernel) is an error.
+
+Speed checks and parallel grading
+---------------------------------
+Checks that measure speed compare the student's code with a reference run on the same machine,
+so two checks measuring at once would disturb each other. Check cells therefore take turns across
+the jobs of a run (their timeout starts when their turn does), and :func:`labkit.check` holds the
+lock file named by :data:`~labkit.grading.checks.CHECK_LOCK_ENV` while it runs, which also keeps
+two graders on one machine from measuring at once. Students' other cells run in parallel.
+
+Threat model
+------------
+The grader runs students' code, so it assumes that code may try to raise its own score.
+
+Defended (a notebook cannot raise its score by):
+
+- editing, deleting, moving or re-tagging check cells, or stripping metadata: the solution's check
+  cells replace the student's (see :mod:`labkit.grading._plan`) and hidden checks are added;
+- stored outputs: they are dropped unread; everything is scored from the grader's own run;
+- printing a pass line or displaying a fake check record (``RESULT_MIME``), in any cell or from
+  code a check calls: a part scores only from a *seal* displayed by the canonical check cell's own
+  execution and carrying an HMAC under a per-submission secret key that no cell source,
+  variable, file or environment variable holds once the student's code starts
+  (:mod:`labkit.grading._inkernel`);
+- rebinding ``labkit``, ``check`` or other names in its namespace: check cells use a private copy
+  of ``labkit`` bound under a random name before the student's code runs;
+- replacing labkit's functions or the ``time`` module's (``labkit.measure.best_of = ...``): a check
+  finds the replacement and fails with a message naming it;
+- looping, sleeping, crashing or exhausting memory: per-cell and per-submission time limits, a
+  memory limit, and a fresh kernel after a crash give zeros for the parts broken, no more;
+- huge outputs, control characters and terminal escapes in messages, names starting with ``=``
+  (spreadsheet formulas): capped, stripped, quoted.
+
+Out of scope (the student's code runs in the same interpreter as the checks, as the same OS user):
+
+- deliberate introspection of the grader's agent in the kernel (closures, ``gc``, frames) to
+  find the key, or patching IPython, the kernel or native code;
+- reading or tampering with other files of the same user, including other submissions' folders
+  while they are graded, or holding the machine-wide lock file to slow other checks down;
+- anything a sandbox would stop: network access, fork bombs, filling the disk.
+
+For hostile code, run ``labkit grade`` inside a container or a throwaway user account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from labkit.errors import ConfigurationError
+
+from ._engine import CellFate, EngineSettings, NotebookRun, run_sync
+from ._gradebook import GradebookFiles, write_gradebook
+from ._inkernel import ARM_ENV, SEAL_MIME, verify_seals
+from ._outcomes import PartOutcome, cell_problems, part_outcome, problems_before, recorded_verdict
+from ._plan import Exercise, load_exercise, new_alias, plan_cells
+from ._results import GradeError, GradeReport, SubmissionResult, SubmissionStatus
+from ._submissions import Submission, SubmissionError, find_submissions, read_submission
+from .checks import CHECK_LOCK_ENV
+from .notebook import AssignError, Part
+from .runner import DEFAULT_CELL_TIMEOUT
+
+__all__ = [
+    "GradeError",
+    "GradeSettings",
+    "GradeReport",
+    "SubmissionResult",
+    "SubmissionStatus",
+    "Submission",
+    "SubmissionError",
+    "Exercise",
+    "GradebookFiles",
+    "find_submissions",
+    "load_solutions",
+    "load_exercise",
+    "grade",
+    "write_gradebook",
+    "default_lock_path",
+    "ProgressCallback",
+]
+
+#: A submission may use this many per-cell timeouts in all, restarts and replays included.
+BUDGET_CELLS = 10
+#: Kernel starts per submission (the first included) before the grader gives up on it.
+MAX_KERNELS = 4
+#: Share of the machine's memory all the jobs' kernels may use together (when no limit is given).
+MEMORY_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class GradeSettings:
+    """How a grading run is bounded and spread.
+
+    ``timeout``: seconds per cell. ``budget``: seconds per submission, restarts included (default
+    ``BUDGET_CELLS`` cell timeouts). ``memory_limit``: bytes one kernel and its processes may hold
+    (default: ``MEMORY_SHARE`` of the machine's memory, shared by the jobs). ``jobs``: submissions
+    graded at once. ``lock_path``: the machine-wide lock file of speed checks (default
+    :func:`default_lock_path`). ``max_kernels``: kernel starts per submission before the grader
+    gives up on it. ``extra_env``: environment variables added to every kernel's.
+    """
+
+    timeout: int = DEFAULT_CELL_TIMEOUT
+    budget: float | None = None
+    memory_limit: int | None = None
+    jobs: int = 1
+    lock_path: Path | None = None
+    max_kernels: int = MAX_KERNELS
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.timeout < 1:
+            raise ConfigurationError(f"the cell timeout must be at least 1 second, got {self.timeout}")
+        if self.jobs < 1:
+            raise ConfigurationError(f"jobs must be at least 1, got {self.jobs}")
+        if self.budget is not None and self.budget < self.timeout:
+            raise ConfigurationError(f"the submission budget ({self.budget:g} s) must be at least one cell "
+                                     f"timeout ({self.timeout} s)")
+
+    def engine(self, kernel_name: str) -> EngineSettings:
+        """The engine's settings for one submission of an exercise run by ``kernel_name``."""
+        memory = self.memory_limit
+        if memory is None:
+            import psutil
+
+            memory = int(psutil.virtual_memory().total * MEMORY_SHARE / self.jobs)
+        return EngineSettings(
+            timeout=self.timeout, budget=self.budget or BUDGET_CELLS * self.timeout, kernel_name=kernel_name,
+            memory_limit=memory, max_kernels=self.max_kernels, env=dict(self.extra_env))
+
+
+def default_lock_path() -> Path:
+    """The lock file speed checks share on this machine.
+
+    ``$LABKIT_CHECK_LOCK`` when set (:data:`~labkit.grading.checks.CHECK_LOCK_ENV`), else
+    ``labkit-checks.lock`` in the temporary folder.
+    """
+    return Path(os.environ.get(CHECK_LOCK_ENV) or Path(tempfile.gettempdir()) / "labkit-checks.lock")
+
+
+def load_solutions(folder: str | os.PathLike[str]) -> dict[str, Exercise]:
+    """Every exercise of the solutions notebooks in ``folder``, by exercise id.
+
+    Raises :class:`GradeError` when the folder holds no notebook, when one is malformed, or when
+    two notebooks claim the same exercise.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GradeError(f"{folder}: no such folder; give the solutions folder with --solutions")
+    paths = sorted(p for p in folder.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
+    if not paths:
+        raise GradeError(f"{folder}: no solutions notebooks (*.ipynb); give the solutions folder with --solutions")
+    exercises: dict[str, Exercise] = {}
+    for path in paths:
+        try:
+            exercise = load_exercise(path)
+        except AssignError as exc:
+            raise GradeError(str(exc)) from exc
+        if exercise.id in exercises:
+            raise GradeError(f"{path}: exercise {exercise.id!r} is also the exercise of "
+                             f"{exercises[exercise.id].path}; give each notebook its own exercise id")
+        exercises[exercise.id] = exercise
+    return exercises
+
+
+def _guess_exercise(submission: Submission, exercises: Mapping[str, Exercise]) -> Exercise | None:
+    stem = submission.path.stem
+    return next((e for e in exercises.values() if stem in (e.id, e.path.stem)), None)
+
+
+class _Grader:
+    """One grading run: shared turn for check cells, scratch folder, settings."""
+
+    def __init__(self, exercises: Mapping[str, Exercise], settings: GradeSettings, scratch: Path) -> None:
+        self.exercises = exercises
+        self.settings = settings
+        self.scratch = scratch
+        self.turn = asyncio.Lock()
+        self.lock_path = settings.lock_path or default_lock_path()
+
+    async def grade(self, submission: Submission) -> SubmissionResult:
+        """Read, plan, run and score one submission; whatever happens, one result."""
+        started = time.monotonic()
+        try:
+            notebook = read_submission(submission.path)
+        except SubmissionError as exc:
+            guess = _guess_exercise(submission, self.exercises)
+            return SubmissionResult(submission, guess.id if guess else None, SubmissionStatus.REJECTED,
+                                    message=str(exc), max_points=guess.points if guess else 0.0)
+        exercise = self.exercises.get(notebook.exercise)
+        if exercise is None:
+            known = ", ".join(sorted(self.exercises)) or "none"
+            return SubmissionResult(
+                submission, notebook.exercise, SubmissionStatus.REJECTED,
+                message=f"the notebook is exercise {notebook.exercise!r}, which has no solutions notebook "
+                        f"(known exercises: {known})")
+        try:
+            result = await self._run(submission, notebook, exercise)
+        except Exception as exc:  # a grader failure: recorded on this submission's line, the batch goes on
+            result = SubmissionResult(
+                submission, exercise.id, SubmissionStatus.ERROR, max_points=exercise.points,
+                message=f"the grader could not run this notebook ({type(exc).__name__}: {exc}); "
+                        f"this is not the student's doing, grade it again once fixed")
+        return replace(result, seconds=time.monotonic() - started)
+
+    def _kernel_env(self, key: bytes) -> dict[str, str]:
+        fd, path = tempfile.mkstemp(dir=self.scratch, prefix="arm-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"key": key.hex()}, handle)
+        return {ARM_ENV: path, CHECK_LOCK_ENV: str(self.lock_path)}
+
+    async def _run(self, submission: Submission, notebook: Any, exercise: Exercise) -> SubmissionResult:
+        import nbformat
+
+        key = secrets.token_bytes(32)
+        plan = plan_cells(exercise, notebook.cells, new_alias())
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell.source) for cell in plan])
+        workdir = Path(tempfile.mkdtemp(dir=self.scratch, prefix="run-"))
+        engine = NotebookRun(
+            nb, self.settings.engine(exercise.kernel_name), workdir=workdir, fresh_dirs=True,
+            replayable=lambda index: plan[index].kind != "check",
+            exclusive=lambda index: plan[index].kind == "check",
+            turn=self.turn, aside_mime=SEAL_MIME, kernel_env=lambda: self._kernel_env(key),
+        )
+        try:
+            runs = await engine.run()
+        finally:
+            # What student code made unremovable stays in the scratch folder, removed at the end.
+            shutil.rmtree(workdir, ignore_errors=True)
+        setup = runs[0]
+        if setup is None or setup.fate is not CellFate.OK:
+            detail = (setup.error or setup.reason) if setup is not None else "it did not run"
+            raise GradeError(f"the grader's setup cell failed in the kernel: {detail}; is labkit installed "
+                             f"for the {exercise.kernel_name!r} kernel?")
+        labels = [cell.student_index + 1 if cell.kind == "student" else None for cell in plan]
+        by_part: dict[str, PartOutcome] = {}
+        previous = 1
+        for index, cell in enumerate(plan):
+            if cell.kind != "check":
+                continue
+            by_part[cell.part.id] = self._outcome(cell.part, runs[index], nb.cells[index], key,
+                                                  problems_before(nb, runs, previous, index, labels))
+            previous = index + 1
+        return SubmissionResult(
+            submission, exercise.id, SubmissionStatus.GRADED,
+            outcomes=tuple(by_part[part.id] for part in exercise.parts),
+            problems=tuple(cell_problems(nb, runs, labels)), max_points=exercise.points,
+            check_seconds=sum(run.seconds for run, cell in zip(runs, plan) if run and cell.kind == "check"),
+            kernels=engine.kernels_started)
+
+    @staticmethod
+    def _outcome(part: Part, run: Any, cell: Any, key: bytes, context: str) -> PartOutcome:
+        verdict, forged = verify_seals(run.aside if run is not None else (), part.id, key)
+        if verdict is not None and verdict[0]:
+            shown = recorded_verdict(cell, part)
+            verdict = (True, shown[1] if shown and shown[0] else "passed")
+        outcome = part_outcome(part, run, verdict, context,
+                               no_verdict="the check cell ran but showed no verdict the grader could verify.")
+        if forged and not outcome.passed:
+            note = f"(The grader ignored {forged} check result{'s' if forged > 1 else ''} it did not make.)"
+            outcome = replace(outcome, message=f"{outcome.message} {note}")
+        return outcome
+
+
+#: ``progress(done, total, running_students, finished_result)``: what :func:`grade` reports as it
+#: goes; ``finished_result`` is ``None`` when a submission starts.
+ProgressCallback = Callable[[int, int, tuple[str, ...], "SubmissionResult | None"], None]
+
+
+async def _grade_all(submissions: Sequence[Submission], exercises: Mapping[str, Exercise],
+                     settings: GradeSettings, progress: ProgressCallback | None) -> GradeReport:
+    started = time.monotonic()
+    results: list[SubmissionResult | None] = [None] * len(submissions)
+    waiting = list(enumerate(submissions))
+    running: dict[int, str] = {}
+    done = 0
+
+    def report(finished: SubmissionResult | None) -> None:
+        if progress is not None:
+            progress(done, len(submissions), tuple(running.values()), finished)
+
+    # The lock file exists before any kernel opens it; a file another user created is fine.
+    lock_path = settings.lock_path or default_lock_path()
+    try:
+        os.close(os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644))
+    except OSError as exc:
+        raise GradeError(f"{lock_path}: cannot create the checks' lock file ({exc.strerror or exc}); "
+                         f"set {CHECK_LOCK_ENV} to a file you may create") from exc
+    with tempfile.TemporaryDirectory(prefix="labkit-grade-", ignore_cleanup_errors=True) as scratch:
+        grader = _Grader(exercises, replace(settings, lock_path=lock_path), Path(scratch))
+
+        async def worker() -> None:
+            nonlocal done
+            while waiting:
+                position, submission = waiting.pop(0)
+                running[position] = submission.student
+                report(None)
+                results[position] = await grader.grade(submission)
+                del running[position]
+                done += 1
+                report(results[position])
+
+        await asyncio.gather(*(worker() for _ in range(min(settings.jobs, len(submissions)))))
+    return GradeReport(tuple(r for r in results if r is not None), time.monotonic() - started, settings.jobs)
+
+
+def grade(submissions: Sequence[Submission], exercises: Mapping[str, Exercise],
+          settings: GradeSettings | None = None, *, progress: ProgressCallback | None = None) -> GradeReport:
+    """Grade ``submissions`` against ``exercises`` (from :func:`load_solutions`); one result each.
+
+    ``progress(done, total, running_students, finished_result)`` is called when a submission
+    starts (``finished_result`` is ``None``) and when it ends. Raises :class:`GradeError` only for
+    a run that cannot start (no submissions); a submission's own trouble is in its result.
+    """
+    if not submissions:
+        raise GradeError("no submissions to grade; give notebook files, folders of them, or glob patterns")
+    settings = settings or GradeSettings()
+    return run_sync(lambda: _grade_all(submissions, exercises, settings, progress))
