@@ -29,6 +29,24 @@ def _shm_names() -> set[str]:
     return {p.name for p in SHM.iterdir() if not p.name.startswith("sem.")}
 
 
+def _someone_elses(segment: str, root: psutil.Process) -> bool:
+    """Whether a labkit segment (``labkit_<pid>_...``) belongs to a live process outside ``root``'s tree.
+
+    Segments name their creator, so a test is not blamed for what another program on the same
+    machine (another test run, a notebook) created meanwhile. Other names cannot be attributed
+    and always count.
+    """
+    parts = segment.split("_")
+    if len(parts) < 3 or parts[0] != "labkit" or not parts[1].isdigit():
+        return False
+    creator = int(parts[1])
+    try:
+        ours = {root.pid} | {c.pid for c in root.children(recursive=True)}
+    except psutil.Error:
+        return False
+    return creator not in ours and psutil.pid_exists(creator)
+
+
 # multiprocessing's own helpers: one resource tracker (and one fork server) per interpreter, started
 # on first use and ended by the interpreter that started them when it exits. They are Python's
 # bookkeeping, not something a test or a notebook left running. Careful: processes the fork
@@ -106,8 +124,11 @@ def leftovers(root: psutil.Process, shm_before: set[str], listening_before: set,
                 child.kill()
             except psutil.Error:
                 pass
-    if not _wait_for(lambda: not (_shm_names() - shm_before)):
-        for name in sorted(_shm_names() - shm_before):
+    def new_segments() -> list[str]:
+        return sorted(name for name in _shm_names() - shm_before if not _someone_elses(name, root))
+
+    if not _wait_for(lambda: not new_segments()):
+        for name in new_segments():
             problems.append(f"shared-memory segment /dev/shm/{name}")
             try:
                 (SHM / name).unlink()
