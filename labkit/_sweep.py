@@ -115,6 +115,29 @@ def _pool_processes(pool) -> list[psutil.Process]:
     return found
 
 
+def _share_affinity(processes: list[psutil.Process]) -> None:
+    """Give the pool's workers the CPU affinity of this process, as a forked child would have.
+
+    Under ``forkserver`` a worker is forked from a server process started earlier, so it keeps
+    the affinity the server had then, not the one the caller has now: a sweep run while pinned to
+    one CPU would otherwise measure workers spread over every CPU (and report one usable core).
+    """
+    me = psutil.Process()
+    if not hasattr(me, "cpu_affinity"):
+        return  # macOS: no affinity to share
+    try:
+        wanted = me.cpu_affinity()
+    except (psutil.Error, OSError):
+        return
+    for proc in processes:
+        if proc.pid == me.pid:
+            continue
+        try:
+            proc.cpu_affinity(wanted)
+        except (psutil.Error, OSError, ValueError):
+            pass  # a worker that just exited; it will run no task of this point
+
+
 def _account(processes: list[psutil.Process]) -> tuple[float, int, int]:
     cpu = voluntary = involuntary = 0
     for proc in processes:
@@ -135,6 +158,7 @@ def _run_point(function, args, tasks: int, workers: int, kind: str, repeats: int
     with WorkerPool(kind, workers=workers) as pool:
         list(pool.map(_noop_many, range(workers)))  # every worker is up before the clock starts
         processes = _pool_processes(pool)
+        _share_affinity(processes)
         for _ in range(repeats):
             before = _account(processes)
             start = time.perf_counter()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
@@ -19,7 +20,13 @@ from .cores import usable_cores
 from .measure import LatencyTrace, Span
 from .probe import LoopProbe
 
-__all__ = ["LabFigure", "plot_lag", "plot_lag_histogram", "plot_latency_trace", "plot_spans", "machine_label"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .load import LoadReport
+
+__all__ = [
+    "LabFigure", "plot_lag", "plot_lag_histogram", "plot_latency_trace", "plot_spans", "machine_label",
+    "plot_worker_split", "plot_throughput", "plot_answers_timeline",
+]
 
 BLOCKED_COLOR = "#d62728"
 FREE_COLOR = "#1f77b4"
@@ -152,3 +159,260 @@ def plot_spans(runs: dict[str, list[Span]], *, title: str = "When did each task 
     fig.suptitle(title)
     _footer(fig)
     return fig
+
+
+def _answers_by_pid(run: LoadReport | Mapping[int, int]) -> dict[int, int]:
+    per_pid = getattr(run, "per_pid", run)
+    return {int(pid): int(count) for pid, count in dict(per_pid).items()}
+
+
+def plot_worker_split(
+    runs: Mapping[str, LoadReport | Mapping[int, int]],
+    *,
+    labels: Mapping[int, str] | None = None,
+    title: str = "Which worker answered? Share of requests per worker process",
+) -> LabFigure:
+    """One panel per run (say, per balancing mode): each worker's share of the answers, as bars.
+
+    ``runs`` maps a name to a :class:`~labkit.load.LoadReport` (its ``per_pid`` split is used, and
+    its throughput is shown in the panel title) or to a plain ``{pid: answers}`` mapping.
+    ``labels`` names pids (``{4711: "worker 1 (killed)"}``); others are labelled ``pid N``. A
+    dashed line marks the fair share, 1/N of the answers for N workers.
+    """
+    fig = LabFigure(figsize=(max(8, 2.7 * len(runs)), 3.6), layout="constrained")
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footers
+    axes = fig.subplots(1, len(runs), sharey=True, squeeze=False)[0]
+    for index, (ax, (name, run)) in enumerate(zip(axes, runs.items())):
+        answers = _answers_by_pid(run)
+        total = sum(answers.values())
+        pids = sorted(answers)
+        shares = [100 * answers[pid] / total if total else 0.0 for pid in pids]
+        names = [(labels or {}).get(pid, f"pid {pid}") for pid in pids]
+        bars = ax.bar(range(len(pids)), shares, color=f"C{index}", width=0.6)
+        ax.bar_label(bars, [f"{share:.0f}%" for share in shares], fontsize=8, padding=2)
+        if pids:
+            ax.axhline(100 / len(pids), color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(pids)), names, fontsize=8, rotation=15 if len(pids) > 3 else 0)
+        ax.set_xlabel("worker process")
+        rate = getattr(run, "throughput", None)
+        ax.set_title(name + (f"\n{rate:,.0f} answers/s" if rate is not None else ""), fontsize=10)
+    axes[0].set_ylabel("share of answers (%)")
+    axes[0].set_ylim(0, 112)
+    fig.suptitle(title)
+    fig.text(0.005, 0.005, "dashed line: the fair share, 1/N of the answers for N workers", ha="left",
+             va="bottom", fontsize=7, color="grey")
+    _footer(fig)
+    return fig
+
+
+def plot_throughput(
+    groups: Mapping[str, Mapping[str, LoadReport | float]],
+    *,
+    title: str = "Throughput: one worker vs many",
+    note: str = "",
+) -> LabFigure:
+    """One panel per endpoint, one bar per configuration: answers per second, with the speedup.
+
+    ``groups`` maps an endpoint's name to ``{configuration: report or answers per second}``, for
+    example ``{"/primes (CPU)": {"1 worker": r1, "2 workers": r2}}``. Each bar after the first is
+    labelled with its ratio to the first ("x1.9"). Panels have their own scales, since a CPU-heavy
+    endpoint answers orders of magnitude fewer requests than a waiting one. ``note`` is added to the
+    footer (say, the parallelism the machine delivered during the run).
+    """
+    fig = LabFigure(figsize=(max(8, 3.6 * len(groups)), 3.6), layout="constrained")
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footer
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, (name, configs) in zip(axes, groups.items()):
+        rates = [float(getattr(value, "throughput", value)) for value in configs.values()]
+        bars = ax.bar(range(len(rates)), rates, color=[f"C{i}" for i in range(len(rates))], width=0.6)
+        base = rates[0] if rates else 0.0
+        texts = [f"{rate:,.0f}/s" + (f"\nx{rate / base:.2f}" if i and base > 0 else "")
+                 for i, rate in enumerate(rates)]
+        ax.bar_label(bars, texts, fontsize=8, padding=2)
+        ax.set_xticks(range(len(rates)), list(configs), fontsize=9)
+        ax.set_ylim(0, 1.3 * max(rates, default=1.0) or 1.0)
+        ax.set_ylabel("answers per second")
+        ax.set_title(name, fontsize=10)
+    fig.suptitle(title)
+    _footer(fig, note)
+    return fig
+
+
+
+# --------------------------------------------------------------------------------------------
+# Worker pools and shared memory (labs 04 and 05)
+
+#: One colour per kind of worker, the same in every figure of labs 04 and 05.
+KIND_COLORS = {"serial": "#7f7f7f", "threads": "C0", "processes": "C1", "interpreters": "C2",
+               "pickled": "C3", "shared": "C2"}
+
+
+def plot_pool_comparison(
+    speedups: Mapping[str, Mapping[str, float]],
+    *,
+    delivered: float | None = None,
+    title: str = "One batch, three kinds of worker: speedup over running it serially",
+) -> LabFigure:
+    """Grouped bars: for each workload, how much faster each kind of pool ran the batch than one core.
+
+    ``speedups`` maps a workload's name to ``{kind: speedup}``, for example
+    ``{"pure Python (count_primes)": {"threads": 1.0, "processes": 1.9}}``; a kind missing from
+    one workload leaves a gap. A solid line marks x1 (no gain over serial); a dashed line marks
+    ``delivered``, the parallelism the machine gave when it was measured: the most any pool could
+    reach at that moment.
+    """
+    fig, ax = _figure(8, 3.8)
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footer
+    workloads = list(speedups)
+    kinds = list(dict.fromkeys(kind for row in speedups.values() for kind in row))
+    width = 0.8 / max(len(kinds), 1)
+    top = 1.0
+    for index, kind in enumerate(kinds):
+        offset = (index - (len(kinds) - 1) / 2) * width
+        values = [float(speedups[w].get(kind, float("nan"))) for w in workloads]
+        bars = ax.bar([g + offset for g in range(len(workloads))], values, width * 0.9, label=kind,
+                      color=KIND_COLORS.get(kind, f"C{index}"))
+        ax.bar_label(bars, [f"x{v:.2f}" if v == v else "" for v in values], fontsize=8, padding=2)
+        top = max([top, *(v for v in values if v == v)])
+    ax.axhline(1.0, color="black", linewidth=1)
+    if delivered is not None:
+        ax.axhline(delivered, color="grey", linestyle="--", linewidth=1.2,
+                   label=f"cores delivered when measured ({delivered:.2f})")
+        top = max(top, delivered)
+    ax.set_xticks(range(len(workloads)), workloads)
+    ax.set_ylabel("speedup over serial (x)")
+    ax.set_ylim(0, 1.3 * top)
+    ax.set_title(title, fontsize=11)
+    ax.legend(loc="upper left", fontsize=8, ncol=2)
+    _footer(fig, "solid line: x1, no gain over one core")
+    return fig
+
+
+def plot_handoff(
+    seconds: Mapping[str, float],
+    extra_bytes: Mapping[str, Sequence[float]],
+    *,
+    array_bytes: int,
+    title: str = "Handing one large array to every worker: copy or share?",
+) -> LabFigure:
+    """Two panels: the time to hand an array to the workers, and the memory each worker added.
+
+    ``seconds`` maps a way of handing over (``"pickled"``, ``"shared"``) to the wall time it took
+    for every worker to receive the array and read it; ``extra_bytes`` maps the same names to each
+    worker's added private memory (USS) in bytes. A dashed line on the right marks the array's
+    own size, ``array_bytes``: a worker holding a copy sits on or above it.
+    """
+    fig = LabFigure(figsize=(9, 3.6), layout="constrained")
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footer
+    left, right = fig.subplots(1, 2)
+    names = list(seconds)
+    colors = [KIND_COLORS.get(name, f"C{i}") for i, name in enumerate(names)]
+    times = [float(seconds[name]) for name in names]
+    bars = left.bar(range(len(names)), times, color=colors, width=0.6)
+    left.bar_label(bars, [f"{t * 1e3:,.0f} ms" for t in times], fontsize=8, padding=2)
+    left.set_xticks(range(len(names)), names)
+    left.set_ylabel("time until every worker had read it (ms)")
+    left.yaxis.set_major_formatter(lambda value, _: f"{value * 1e3:,.0f}")
+    left.set_ylim(0, 1.25 * max(times, default=1.0) or 1.0)
+    left.set_title("time", fontsize=10)
+    mb = 1e6
+    workers = max((len(extra_bytes.get(name, ())) for name in names), default=0)
+    width = 0.8 / max(workers, 1)
+    top = array_bytes / mb
+    for index, name in enumerate(names):
+        values = [float(b) / mb for b in extra_bytes.get(name, ())]
+        xs = [index + (w - (len(values) - 1) / 2) * width for w in range(len(values))]
+        drawn = right.bar(xs, values, width * 0.9, color=colors[index])
+        right.bar_label(drawn, [f"{v:,.0f}" for v in values], fontsize=7, padding=2)
+        top = max([top, *values])
+    right.axhline(array_bytes / mb, color="grey", linestyle="--", linewidth=1.2,
+                  label=f"the array itself ({array_bytes / mb:,.0f} MB)")
+    right.set_xticks(range(len(names)), names)
+    right.set_ylabel("extra private memory per worker (MB, USS)")
+    right.set_ylim(0, 1.25 * top)
+    right.set_title(f"memory: one bar per worker ({workers})", fontsize=10)
+    right.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title)
+    _footer(fig)
+    return fig
+
+
+def plot_lost_updates(
+    counts: Mapping[str, tuple[int, int]],
+    *,
+    title: str = "Workers adding 1 to a shared counter: how many additions survived?",
+) -> LabFigure:
+    """One bar per way of counting: the share of the increments that the counter really kept.
+
+    ``counts`` maps a method (``"no lock"``, ``"a lock"``, ``"one slot per worker"``) to
+    ``(final value, increments made)``. Methods may make different numbers of increments (a lock
+    is slow, so it gets fewer); each bar is labelled with how many were lost of how many.
+    """
+    fig, ax = _figure(8, 3.4)
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footer
+    names = list(counts)
+    kept = [100 * counts[name][0] / counts[name][1] if counts[name][1] else 100.0 for name in names]
+    lost = [counts[name][1] - counts[name][0] for name in names]
+    colors = [BLOCKED_COLOR if n > 0 else FREE_COLOR for n in lost]
+    bars = ax.bar(range(len(names)), kept, color=colors, width=0.55)
+    ax.bar_label(bars, [f"{n:,} of {counts[name][1]:,} lost" if n > 0 else f"none of {counts[name][1]:,} lost"
+                        for n, name in zip(lost, names)], fontsize=9, padding=2)
+    ax.axhline(100, color="black", linestyle="--", linewidth=1.2, label="every increment kept")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("increments kept (%)")
+    ax.set_ylim(0, 125)
+    ax.set_title(title, fontsize=11)
+    ax.legend(loc="upper right", fontsize=8)
+    _footer(fig)
+    return fig
+
+
+__all__ += ["plot_pool_comparison", "plot_handoff", "plot_lost_updates"]
+
+
+def plot_answers_timeline(
+    samples: Sequence[tuple[float, int | None]],
+    *,
+    labels: Mapping[int, str] | None = None,
+    marks: Mapping[str, float] | None = None,
+    title: str = "Which worker answered each request, over time",
+) -> LabFigure:
+    """One dot per request: when it was sent (x) and which worker process answered it (row).
+
+    ``samples`` are ``(seconds, pid)`` pairs, with ``pid`` ``None`` for a request that got no
+    answer; those show as red crosses on a row of their own. Rows follow the order in which pids
+    first answered, named by ``labels`` (``{4711: "worker 1 (killed)"}``) or ``pid N``. ``marks``
+    draws a labelled vertical line at each named moment (``{"kill -9 worker 1": 1.5}``).
+    """
+    fig, ax = _figure(8, 3.4)
+    fig.get_layout_engine().set(rect=(0, 0.03, 1, 0.97))  # room for the footer
+    order: list[int] = []
+    for _, pid in samples:
+        if pid is not None and pid not in order:
+            order.append(pid)
+    failed_row = len(order)
+    for index, pid in enumerate(order):
+        times = [t for t, p in samples if p == pid]
+        ax.plot(times, [index] * len(times), "o", markersize=4, color=f"C{index}")
+    failures = [t for t, p in samples if p is None]
+    ax.plot(failures, [failed_row] * len(failures), "x", markersize=7, color=BLOCKED_COLOR)
+    names = [(labels or {}).get(pid, f"pid {pid}") for pid in order]
+    ax.set_yticks(range(len(order) + 1), names + [f"no answer ({len(failures)})"], fontsize=8)
+    ax.set_ylim(failed_row + 0.7, -0.7)
+    for index, (name, moment) in enumerate((marks or {}).items()):
+        ax.axvline(moment, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(name, (moment, -0.7), xytext=(3, -2 - 11 * index), textcoords="offset points",
+                    fontsize=8, color="dimgrey", va="top")
+    ax.set_xlim(left=0)
+    ax.set_xlabel("seconds since the start (when each request was sent)")
+    ax.set_ylabel("answered by")
+    ax.set_title(title)
+    _footer(fig)
+    return fig
+
+
+
+# Figures of scaling sweeps and CPU timelines live in their own module; they are part of this one's API.
+from ._scaling_plots import plot_cpu_timeline, plot_scaling, plot_switches  # noqa: E402
+
+__all__ += ["plot_scaling", "plot_switches", "plot_cpu_timeline"]

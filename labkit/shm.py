@@ -311,12 +311,22 @@ class SharedArray:
         # to pool.submit / pool.map, and the worker gets its own attachment, not a copy.
         if self._closing:
             raise SharedArrayClosedError(f"cannot send closed SharedArray {self.name!r} to another process")
-        return (SharedArray.attach, (self._handle,))
+        return (_attach, (self._handle,))
 
     def __repr__(self) -> str:
         role = "owner" if self.owner else "attached"
         state = "closed" if self._closed else "open"
         return f"<SharedArray {self.name} shape={self.shape} dtype={self.dtype} {role} {state}>"
+
+
+def _attach(handle: SharedArrayHandle) -> SharedArray:
+    """Unpickling a SharedArray: attach to its segment (see ``SharedArray.__reduce__``).
+
+    A module-level function, so that every pickler sends it by name. ``SharedArray.attach`` itself
+    is a bound classmethod, which cloudpickle (the pool's pickler) cannot find by name and would
+    send by value, code and all: 2 kB per argument instead of the handle's hundred-odd bytes.
+    """
+    return SharedArray.attach(handle)
 
 
 # --------------------------------------------------------------------------------------------
