@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+from typing import TYPE_CHECKING
 
 import ipywidgets as W
 import psutil
@@ -20,7 +21,10 @@ import psutil
 from .errors import ConfigurationError, NoRunningLoopError
 from .probe import LoopProbe
 
-__all__ = ["LagMeter", "CoreMeter"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .cluster import Cluster, ClusterStats
+
+__all__ = ["LagMeter", "CoreMeter", "ClusterMonitor"]
 
 # Four refreshes a second look live to a person and cost the kernel next to nothing; faster
 # refreshes flood the browser with widget messages.
@@ -180,3 +184,88 @@ class CoreMeter(_LiveView):
             bar.bar_style = _level(load, 50, 90)
             self.peak[i] = max(self.peak[i], load)
         self._text.value = html.escape(f"total {sum(loads) / 100:.1f} cores busy")
+
+
+# Colours of a worker's state in the monitor's table: green serving, amber in transition, red given up.
+_STATE_COLORS = {"ready": "#2ca02c", "starting": "#ff7f0e", "stopping": "#ff7f0e", "exited": "#7f7f7f",
+                 "errored": "#d62728"}
+
+
+class ClusterMonitor(_LiveView):
+    """A live table of a cluster's workers, like ``pm2 monit``: who serves, how busy, how big.
+
+    One row per worker: id, pid, state, uptime, restarts, requests served, CPU (100% = one whole
+    core) and resident memory; below it the cluster's totals and its latest events ("worker 1:
+    killed by SIGKILL ..., restarting"). Like a departures board, it only shows what the
+    supervisor already knows: request counts arrive with each worker's heartbeat (about once a
+    second), and a dead worker shows as dead once the supervisor has reaped it.
+
+    The monitor stops by itself when its cluster stops (its last picture stays), after
+    ``duration`` seconds, or on :meth:`stop`. ``peak_cpu`` keeps each worker id's highest CPU
+    reading, and ``pids`` every process id it has shown, so a cell can say afterwards what the
+    monitor saw.
+    """
+
+    def __init__(self, cluster: Cluster, *, refresh: float = 0.5, duration: float | None = None,
+                 events: int = 4) -> None:
+        super().__init__(refresh, duration)
+        if events < 0:
+            raise ConfigurationError(f"events must be zero or more, got {events}")
+        self.cluster = cluster
+        self.events = events
+        self.last: ClusterStats | None = None
+        self.peak_cpu: dict[int, float] = {}
+        self.pids: set[int] = set()
+        self._title = W.HTML("<b>Cluster workers</b>")
+        self._table = W.HTML()
+        self._log = W.HTML()
+        self.widget = W.VBox([self._title, self._table, self._log])
+
+    def update(self) -> None:
+        """Read the cluster's stats and events and redraw; stop once the cluster has stopped."""
+        stats = self.cluster.stats()
+        self.last = stats
+        for worker in stats.workers:
+            if worker.pid is not None:
+                self.pids.add(worker.pid)
+            self.peak_cpu[worker.id] = max(self.peak_cpu.get(worker.id, 0.0), worker.cpu_percent)
+        where = html.escape(stats.url) if stats.url else "stopped"
+        self._title.value = (f"<b>Cluster workers</b> &nbsp; {html.escape(stats.app)} at {where}, "
+                             f"balance {html.escape(stats.balance)}")
+        self._table.value = _worker_table(stats)
+        recent = list(self.cluster.events)[-self.events:] if self.events else []
+        self._log.value = "<br>".join(
+            f"<span style='font-family:monospace;font-size:85%'>{html.escape(str(e))}</span>" for e in recent
+        )
+        if not self.cluster.running and self.running:
+            self.stop()  # nothing more will change; keep the last picture
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<ClusterMonitor {state}, {len(self.pids)} worker processes seen>"
+
+
+def _worker_table(stats: ClusterStats) -> str:
+    """The workers of ``stats`` as an HTML table with a CPU bar per row."""
+    from ._cluster_state import _format_bytes, _format_uptime
+
+    head = "".join(f"<th style='text-align:left;padding:0 8px'>{h}</th>"
+                   for h in ("id", "pid", "state", "uptime", "restarts", "requests", "CPU", "memory"))
+    rows = []
+    for w in stats.workers:
+        color = _STATE_COLORS.get(w.state.value, "black")
+        width = max(0.0, min(w.cpu_percent, 100.0))
+        bar = (f"<div style='display:inline-block;width:60px;height:9px;background:#eee;margin-right:4px'>"
+               f"<div style='width:{width:.0f}%;height:9px;background:{_bar_color(w.cpu_percent)}'></div></div>")
+        cells = [str(w.id), str(w.pid or "-"), f"<span style='color:{color}'><b>{w.state.value}</b></span>",
+                 _format_uptime(w.uptime), str(w.restarts), str(w.requests), f"{bar}{w.cpu_percent:.0f}%",
+                 _format_bytes(w.rss)]
+        rows.append("<tr>" + "".join(f"<td style='padding:0 8px'>{c}</td>" for c in cells) + "</tr>")
+    totals = (f"{stats.ready}/{stats.wanted} ready, {stats.requests} requests, "
+              f"{stats.cpu_percent:.0f}% CPU, {_format_bytes(stats.rss)} in all")
+    return (f"<table style='font-family:monospace'><tr>{head}</tr>{''.join(rows)}</table>"
+            f"<div>{html.escape(totals)}</div>")
+
+
+def _bar_color(percent: float) -> str:
+    return {"success": "#2ca02c", "warning": "#ff7f0e", "danger": "#d62728"}[_level(percent, 50, 90)]
