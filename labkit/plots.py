@@ -170,14 +170,17 @@ def plot_worker_split(
     runs: Mapping[str, LoadReport | Mapping[int, int]],
     *,
     labels: Mapping[int, str] | None = None,
+    workers: int | None = None,
     title: str = "Which worker answered? Share of requests per worker process",
 ) -> LabFigure:
     """One panel per run (say, per balancing mode): each worker's share of the answers, as bars.
 
     ``runs`` maps a name to a :class:`~labkit.load.LoadReport` (its ``per_pid`` split is used, and
     its throughput is shown in the panel title) or to a plain ``{pid: answers}`` mapping.
-    ``labels`` names pids (``{4711: "worker 1 (killed)"}``); others are labelled ``pid N``. A
-    dashed line marks the fair share, 1/N of the answers for N workers.
+    ``labels`` names pids (``{4711: "worker 1 (killed)"}``); others are labelled ``pid N``.
+    ``workers`` is how many workers served: a worker that answered nothing has no pid in the
+    split, so without it an idle worker would be invisible; with it, idle workers show as empty
+    bars. A dashed line marks the fair share, 1/N of the answers for N workers.
     """
     fig = LabFigure(figsize=(max(8, 2.7 * len(runs)), 3.6), layout="constrained")
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footers
@@ -188,11 +191,14 @@ def plot_worker_split(
         pids = sorted(answers)
         shares = [100 * answers[pid] / total if total else 0.0 for pid in pids]
         names = [(labels or {}).get(pid, f"pid {pid}") for pid in pids]
-        bars = ax.bar(range(len(pids)), shares, color=f"C{index}", width=0.6)
+        idle = max((workers or 0) - len(pids), 0)
+        shares += [0.0] * idle
+        names += ["idle worker"] * idle
+        bars = ax.bar(range(len(names)), shares, color=f"C{index}", width=0.6)
         ax.bar_label(bars, [f"{share:.0f}%" for share in shares], fontsize=8, padding=2)
-        if pids:
-            ax.axhline(100 / len(pids), color="grey", linestyle="--", linewidth=1)
-        ax.set_xticks(range(len(pids)), names, fontsize=8, rotation=15 if len(pids) > 3 else 0)
+        if names:
+            ax.axhline(100 / len(names), color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(names)), names, fontsize=8, rotation=15 if len(names) > 3 else 0)
         ax.set_xlabel("worker process")
         rate = getattr(run, "throughput", None)
         ax.set_title(name + (f"\n{rate:,.0f} answers/s" if rate is not None else ""), fontsize=10)
