@@ -70,6 +70,7 @@ class ArbiterConfig:
     max_wait: float
     backlog: int
     options: dict = field(default_factory=dict)
+    name: str = ""  # how messages and stats name the app, when ``app`` is not what the user wrote
 
 
 class _Slot:
@@ -199,7 +200,7 @@ class Arbiter:
             total = self.served_by_exited + sum(w.requests for w in self.workers)
             wanted = sum(slot.wanted for slot in self.slots.values())
             url = None if self.finished or self.port is None else _url(self.config.host, self.port)
-            return ClusterStats(self.config.app, url, self.config.balance, wanted, tuple(records), total)
+            return ClusterStats(self.config.name or self.config.app, url, self.config.balance, wanted, tuple(records), total)
 
     def settled(self, slot_ids) -> bool:
         """Whether each of these slots has a ready worker or has given up (errored)."""

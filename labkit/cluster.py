@@ -53,10 +53,12 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.util
 from collections.abc import Callable
+from typing import Any
 from functools import partial
 
 from ._arbiter import Arbiter, ArbiterConfig
 from ._balance import BALANCE_MODES, check_balance
+from ._by_value import factory_name, pickled_app
 from ._cluster_state import (
     ClusterEvent,
     ClusterStats,
@@ -190,8 +192,10 @@ class Cluster:
     Supervision runs in a background thread, so the notebook's own event loop stays free.
 
     Args:
-        app: import string ``"module:factory"`` of a tornado app factory (an import string, not
-            an object, so a spawned worker can build its own copy).
+        app: import string ``"module:factory"`` of a tornado app factory, or the factory itself.
+            A factory object (say, a function defined in a notebook) travels to the workers by
+            value with cloudpickle, so a spawned worker can rebuild it without importing the
+            notebook; an import string is what ``labkit serve`` and scripts use.
         workers: ``"max"`` (one per usable core), ``-1`` (all but one) or a positive count.
         balance: ``"os"``, ``"reuseport"`` or ``"round-robin"`` (see the module docstring).
         host: address to bind; 127.0.0.1 keeps the cluster private to this machine.
@@ -210,7 +214,7 @@ class Cluster:
 
     def __init__(
         self,
-        app: str,
+        app: str | Callable[..., Any],
         workers: int | str = "max",
         balance: str = "os",
         host: str = "127.0.0.1",
@@ -229,6 +233,13 @@ class Cluster:
         options: dict | None = None,
         on_change: Callable[[ClusterEvent], None] | None = None,
     ) -> None:
+        options = dict(options or {})
+        app_name = app
+        if callable(app) and not isinstance(app, str):
+            app_name = factory_name(app)
+            app, options = pickled_app(app, options)
+        if not isinstance(app, str):
+            raise ConfigurationError(f"app must be 'module:factory' or a factory function; got {type(app).__name__}")
         module, sep, attr = app.partition(":")
         if not (module and sep and attr):
             raise ConfigurationError(f"app must look like 'module:factory' (say 'labkit.apps:demo_app'); got {app!r}")
@@ -247,7 +258,7 @@ class Cluster:
             raise ConfigurationError(f"backoff_factor must be at least 1; got {backoff_factor}")
         if not 0 <= port <= 65535:
             raise ConfigurationError(f"port must be between 0 and 65535; got {port}")
-        self.app = app
+        self.app = app_name
         self.balance = balance
         self.host = host
         self.workers = resolve_workers(workers)
@@ -259,14 +270,14 @@ class Cluster:
         self.on_change = on_change
         self._port = port
         self._config = ArbiterConfig(
-            app=app, balance=balance, host=host, port=port,
+            app=app, name=app_name, balance=balance, host=host, port=port,
             context=multiprocessing.get_context(self.start_method),
             policy=RestartPolicy(restart_delay, backoff_factor, max_restart_delay, stable_uptime,
                                  min_uptime, max_restarts),
             heartbeat_interval=min(HEARTBEAT_INTERVAL, max(heartbeat_timeout / 4, 0.05)),
             heartbeat_timeout=heartbeat_timeout, startup_timeout=startup_timeout,
             graceful_timeout=graceful_timeout, kill_margin=KILL_MARGIN, drain_quiet=DRAIN_QUIET,
-            max_wait=SUPERVISOR_MAX_WAIT, backlog=BACKLOG, options=dict(options or {}),
+            max_wait=SUPERVISOR_MAX_WAIT, backlog=BACKLOG, options=options,
         )
         self._arbiter: Arbiter | None = None
         self._finalizer: multiprocessing.util.Finalize | None = None

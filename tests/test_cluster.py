@@ -424,3 +424,43 @@ def test_exit_statuses_become_diagnoses_that_suggest_a_cause():
     assert "without being asked" in diagnose(0)
     assert "could not boot" in diagnose(3)
     assert diagnose(1, boot_error="ImportError: x") == "failed to boot: ImportError: x"
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_an_app_factory_defined_in_a_test_travels_by_value_under_every_start_method(start_method):
+    import tornado.web
+
+    greeting = f"made in {start_method}"  # a closure: the factory is copied by value, not imported
+
+    class Hello(tornado.web.RequestHandler):
+        def get(self):
+            self.write(f"{greeting}, served by {os.getpid()}")
+
+    def make_app(suffix: str = ""):
+        return tornado.web.Application([(r"/", Hello)])
+
+    with Cluster(make_app, workers=2, start_method=start_method) as cluster:
+        assert "make_app" in cluster.app and "make_app" in cluster.stats().app
+        status, _, body = get(cluster.url + "/")
+        pids = set(cluster.pids.values())
+    assert status == 200 and body.decode().startswith(greeting)
+    assert int(body.decode().rsplit(" ", 1)[1]) in pids
+
+
+def test_an_app_factory_that_cannot_be_pickled_is_a_clear_error():
+    lock = threading.Lock()
+
+    def make_app():
+        with lock:  # a lock cannot travel to another process
+            return None
+
+    with pytest.raises(ConfigurationError, match="cannot send the app factory .*make_app.*labkit_start"):
+        Cluster(make_app, workers=1)
+
+
+def test_a_by_value_factory_that_raises_at_boot_names_its_error():
+    def make_app():
+        raise NotImplementedError("write the app here")
+
+    with pytest.raises(ServerStartError, match="NotImplementedError: write the app here"):
+        Cluster(make_app, workers=1, start_method="fork", max_restarts=0).start()
