@@ -56,6 +56,12 @@ class CorpusRun:
     out: Path
     expected: dict[str, grading_corpus.Expected]
     leftover: list[str]
+    new_semaphores: list[str]
+
+
+def _semaphores() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.iterdir() if p.name.startswith("sem.")} if shm.is_dir() else set()
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +70,7 @@ def corpus(tmp_path_factory) -> CorpusRun:
     solutions, submissions, expected = grading_corpus.build(root)
     out = root / "grades"
     stdout, stderr = io.StringIO(), io.StringIO()
+    semaphores_before = _semaphores()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(["grade", str(submissions), "--solutions", str(solutions), "--jobs", "2",
                      "--timeout", "30", "--out", str(out)])
@@ -71,7 +78,8 @@ def corpus(tmp_path_factory) -> CorpusRun:
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and not is_interpreter_helper(p)]
     with open(out / "gradebook.csv", encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return CorpusRun(code, stdout.getvalue(), stderr.getvalue(), rows, out, expected, leftover)
+    new_semaphores = sorted(_semaphores() - semaphores_before)
+    return CorpusRun(code, stdout.getvalue(), stderr.getvalue(), rows, out, expected, leftover, new_semaphores)
 
 
 def test_grading_the_corpus_exits_0_although_some_notebooks_are_broken(corpus):
@@ -128,6 +136,13 @@ def test_the_tiny_exercise_is_flagged_because_its_check_lives_in_the_notebook(co
 
 def test_grading_leaves_no_kernel_or_worker_process_behind(corpus):
     assert corpus.leftover == []
+
+
+def test_killed_kernels_leave_no_named_semaphore_behind(corpus):
+    # The solution's spawn-context process pool makes named POSIX semaphores; the looping,
+    # exiting and crashing submissions are killed while they exist. The kernels' resource
+    # trackers must live long enough to remove them.
+    assert corpus.new_semaphores == []
 
 
 # ============================================================================ submissions

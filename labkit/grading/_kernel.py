@@ -48,6 +48,8 @@ LINE_CHARS = 2_000
 #: Seconds the other processes of a finished kernel's group get to exit on their own (a
 #: multiprocessing resource tracker cleans shared memory as it goes) before they are killed.
 REAP_GRACE = 2.0
+#: Seconds a resource tracker gets, once the rest of its group is dead, to remove what they left.
+TRACKER_GRACE = 2.0
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Control characters (escape sequences start with one) and the Unicode controls that reorder text.
@@ -287,12 +289,23 @@ class Kernel:
                 self.memory_reason = (
                     f"the kernel and its processes used {total / 2**20:,.0f} MB, more than the grader's "
                     f"limit of {limit / 2**20:,.0f} MB, and were stopped")
-                self.kill_group()
+                self.kill_group(spare_trackers=True)  # stop() ends the trackers once they have cleaned up
                 return
 
-    def kill_group(self) -> None:
-        """Kill the kernel and every process it started (its process group on POSIX)."""
+    def kill_group(self, spare_trackers: bool = False) -> None:
+        """Kill the kernel and every process it started (its process group on POSIX).
+
+        ``spare_trackers`` leaves multiprocessing's resource trackers alive: once everything else
+        in the group is dead, a tracker reads end-of-file and removes the named semaphores and
+        shared memory its users left behind (a killed tracker leaves them in /dev/shm for good).
+        """
         if os.name == "posix" and self.pgid:
+            if spare_trackers:
+                for process in _group_members(self.pgid):
+                    if not _is_resource_tracker(process):
+                        with contextlib.suppress(Exception):
+                            process.kill()
+                return
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pgid, signal.SIGKILL)
             return
@@ -324,15 +337,45 @@ class Kernel:
                     await self.km.shutdown_kernel(now=False)
                 else:
                     if not alive:  # orphans get a moment to clean up after their dead kernel
-                        deadline = time.monotonic() + REAP_GRACE
-                        while self._group_alive() and time.monotonic() < deadline:
-                            await asyncio.sleep(0.1)
+                        await self._wait_for_group(REAP_GRACE)
+                    # jupyter_client kills the whole group, resource trackers included: end the
+                    # rest first, so that the trackers can remove what the dead left behind.
+                    await self._end_group_gently()
                     await self.km.shutdown_kernel(now=True)
         finally:
             if self.client.kc is not None:
                 self.client.kc.stop_channels()
                 self.client.kc = None
-            deadline = time.monotonic() + REAP_GRACE
-            while self._group_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            await self._wait_for_group(REAP_GRACE)
+            await self._end_group_gently()
             self.kill_group()
+
+    async def _wait_for_group(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self._group_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def _end_group_gently(self) -> None:
+        """Kill the group but its resource trackers, then give those TRACKER_GRACE to clean up."""
+        if self._group_alive():
+            self.kill_group(spare_trackers=True)
+            await self._wait_for_group(TRACKER_GRACE)
+
+
+def _group_members(pgid: int) -> list:
+    """The processes of process group ``pgid`` (POSIX)."""
+    import psutil
+
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+            if os.getpgid(process.pid) == pgid:
+                members.append(process)
+    return members
+
+
+def _is_resource_tracker(process) -> bool:
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+    except Exception:  # noqa: BLE001 - gone, or not ours to read: not a tracker we can spare
+        return False
