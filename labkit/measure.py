@@ -5,8 +5,7 @@
 - :func:`sweep`, :func:`speedup`, :func:`judge_speedup`: a batch at several worker counts, judged
   against the parallelism the machine delivered (see ``labkit/_sweep.py``);
 - :func:`cpu_timeline`: which cores did the work (see ``labkit/_timeline.py``);
-- :func:`best_of`: retry an experiment a busy machine spoiled; :func:`measuring`: the lock that
-  keeps measurements of several graders on one machine from overlapping (see ``labkit/_measuring.py``).
+- :func:`best_of`: retry an experiment a busy machine spoiled.
 
 :func:`trace_latency` is the experiment of lab 01. It plays a user who keeps asking a server for a
 cheap page (``/fast``) while another user asks for an expensive one (``/hash``):
@@ -32,7 +31,6 @@ from typing import Any, TypeVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from ._measuring import measuring
 from ._sweep import SweepPoint, SweepResult, Verdict, default_worker_counts, judge_speedup, speedup, sweep
 from ._timeline import CpuTimeline, cpu_timeline
 from .errors import ConfigurationError
@@ -44,7 +42,6 @@ __all__ = [
     "timed_gather",
     "overlapped",
     "best_of",
-    "measuring",
     # scaling sweeps and CPU timelines (defined in private modules, part of this module's API)
     "SweepPoint",
     "SweepResult",
@@ -238,14 +235,12 @@ async def best_of(trial: Callable[[], Awaitable[T]], accept: Callable[[T], bool]
     A machine shared with other work can spoil one measurement (another program takes the core
     at the wrong moment); it rarely spoils three in a row. Retrying until the expected behaviour
     shows, and saying so when it never does, keeps a lab's verdict from flipping under load
-    without hiding a real failure. Each trial holds the measuring lock (:func:`measuring`), which
-    only matters when ``labkit grade`` runs several kernels on one machine.
+    without hiding a real failure.
     """
     if tries < 1:
         raise ConfigurationError(f"tries must be at least 1, got {tries}")
     for _ in range(tries):
-        async with measuring():  # when graders share the machine, one trial at a time measures
-            result = await trial()
+        result = await trial()
         if accept(result):
             return result, True
     return result, False

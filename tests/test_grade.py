@@ -391,47 +391,6 @@ def test_check_holds_the_lock_file_named_by_the_environment_while_it_runs(tmp_pa
         asyncio.run(_probe_lock(lock))
 
 
-def _lock_is_held(path) -> bool:
-    import fcntl
-
-    with open(path, "rb") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
-@checks.register("extest.locks_itself", locks_itself=True)
-async def _locks_only_its_trials(path):
-    from labkit.measure import best_of
-
-    before = _lock_is_held(path)
-    during, _ = await best_of(lambda: asyncio.sleep(0, result=_lock_is_held(path)), lambda held: True)
-    after = _lock_is_held(path)
-    if (before, during, after) != (False, True, False):
-        raise checks.Fail(f"held before {before}, during the trial {during}, after {after}")
-    return "the lock was held for the trial only."
-
-
-def test_a_check_that_locks_itself_holds_the_lock_only_while_its_trials_measure(tmp_path, monkeypatch, capsys):
-    lock = tmp_path / "checks.lock"
-    lock.touch()
-    monkeypatch.setenv(checks.CHECK_LOCK_ENV, str(lock))
-    asyncio.run(checks.check("extest.locks_itself", lock))
-    assert "passed: the lock was held for the trial only." in capsys.readouterr().out
-
-
-def test_every_check_that_times_outside_its_trials_holds_the_lock_throughout():
-    # Whoever registers a check as locking itself promises to time nothing outside best_of or
-    # measuring(); these are the ones that time in other ways, so the whole check holds the lock.
-    for part in ("ex02.io_service", "ex03.survive_crashes", "ex04.hash_batch", "ex04.count_batch",
-                 "ex05.shared"):
-        checks._find(part)
-        assert part not in checks._LOCKS_ITSELF, part
-
-
 def test_a_lock_file_that_cannot_be_opened_never_fails_a_check(tmp_path, monkeypatch, capsys):
     @checks.register("extest.unlocked")
     async def _unlocked():

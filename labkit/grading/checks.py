@@ -22,20 +22,21 @@ after them (``labkit.grading.ex01``) and are loaded on first use.
 
 Checks that measure speed are only fair on a machine that is not measuring something else at the
 same moment. When the environment variable :data:`CHECK_LOCK_ENV` names a file (the grader sets it
-when it grades several submissions at once), measurements hold an exclusive lock on that file, like
-a single key to the one measuring room: whoever holds it measures, the others wait at the door (see
-:mod:`labkit._measuring`). :func:`check` holds it for the whole check, unless the check was
-registered with ``locks_itself=True``: then only its timed trials hold it.
+when it grades several submissions at once), :func:`check` holds an exclusive lock on that file
+while the check runs, like a single key to the one measuring room: whoever holds it measures, the
+others wait at the door. The lock is the operating system's (``flock`` on POSIX, ``msvcrt.locking``
+on Windows), so it is released even when the kernel holding it dies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 
-from labkit._measuring import CHECK_LOCK_ENV, measuring
 from labkit.errors import ConfigurationError, LabkitError
 
 __all__ = [
@@ -45,11 +46,20 @@ __all__ = [
 #: MIME type of the record each check displays; readers find results by it.
 RESULT_MIME = "application/vnd.labkit.check+json"
 
+#: Environment variable naming the machine-wide lock file that :func:`check` holds while a check
+#: runs. Unset (the normal case for a student), checks take no lock.
+CHECK_LOCK_ENV = "LABKIT_CHECK_LOCK"
+
+# How often a waiting check tries the lock again. The wait is on the event loop (an await, not a
+# blocking call), so the kernel stays responsive and an interrupt ends the wait at once; 50 ms is
+# short next to a check's seconds and costs nothing measurable.
+_LOCK_RETRY_SECONDS = 0.05
+# Nesting depth of checks holding the lock in this process: a check inside a check must not wait
+# for the lock its own process already holds.
+_lock_depth = 0
 
 CheckFunction = Callable[..., Awaitable[str]]
 _REGISTRY: dict[str, CheckFunction] = {}
-# Parts whose check takes the measuring lock itself, only around what it times.
-_LOCKS_ITSELF: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -88,23 +98,13 @@ class NotDoneYet(Fail):
     """The student's code still raises the exercise stub's ``NotImplementedError``."""
 
 
-def register(part: str, *, locks_itself: bool = False) -> Callable[[CheckFunction], CheckFunction]:
-    """Register an async check function for ``part``; it returns the pass message or raises Fail.
-
-    By default :func:`check` holds the measuring lock (:func:`labkit.measure.measuring`) for the whole
-    check. ``locks_itself=True`` says the check times nothing outside :func:`labkit.measure.best_of`
-    trials and ``async with measuring():`` blocks, which hold the lock themselves; the rest of it
-    (computing the expected answers, starting servers) then runs beside other graders' checks.
-    """
+def register(part: str) -> Callable[[CheckFunction], CheckFunction]:
+    """Register an async check function for ``part``; it returns the pass message or raises Fail."""
 
     def decorate(function: CheckFunction) -> CheckFunction:
         if not inspect.iscoroutinefunction(function):
             raise ConfigurationError(f"check for {part!r} must be an async function")
         _REGISTRY[part] = function
-        if locks_itself:
-            _LOCKS_ITSELF.add(part)
-        else:
-            _LOCKS_ITSELF.discard(part)
         return function
 
     return decorate
@@ -134,11 +134,8 @@ async def check(part: str, *args, **kwargs) -> None:
     """
     function = _find(part)
     try:
-        if part in _LOCKS_ITSELF:
+        async with _measurement_lock():
             message = await function(*args, **kwargs)
-        else:
-            async with measuring():
-                message = await function(*args, **kwargs)
         result = CheckResult(part, True, message)
     except NotImplementedError as exc:
         hint = f" (hint: {exc})" if str(exc) else ""
@@ -151,6 +148,71 @@ async def check(part: str, *args, **kwargs) -> None:
     _show(result)
     if not result.passed:
         raise CheckFailed(result)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` if it is free; never wait."""
+    if os.name == "nt":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if os.name == "nt":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.asynccontextmanager
+async def _measurement_lock() -> AsyncIterator[None]:
+    """Hold the lock file named by :data:`CHECK_LOCK_ENV`, if any, for the duration of the block.
+
+    The lock makes measurements fair; it is not needed for a correct verdict. A lock file that
+    cannot be opened therefore means measuring without it, never a failed check.
+    """
+    global _lock_depth
+    path = os.environ.get(CHECK_LOCK_ENV)
+    fd = None
+    if path and not _lock_depth:  # a check inside a check already holds the lock
+        try:
+            # Read-only is enough for flock and msvcrt.locking: a lock file another user made works.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            fd = None  # measure unlocked rather than fail the student's check
+    try:
+        if fd is not None:
+            import asyncio
+
+            while not _try_lock(fd):
+                await asyncio.sleep(_LOCK_RETRY_SECONDS)
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+            if fd is not None:
+                _unlock(fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _show(result: CheckResult) -> None:

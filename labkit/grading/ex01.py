@@ -68,7 +68,7 @@ def _blocked_message(name: str, worst: float, seconds: float) -> str:
     )
 
 
-@register("ex01.offload_hash", locks_itself=True)
+@register("ex01.offload_hash")
 async def check_offload_hash(login, cost: int = 16) -> str:
     """login(password) returns hash_password(password, SALT, cost) and keeps the loop free."""
     _require_coroutine_function(login, "login")
@@ -87,7 +87,7 @@ async def check_offload_hash(login, cost: int = 16) -> str:
     return "login() returns the right hash and the event loop stays free while it hashes."
 
 
-@register("ex01.offload_primes", locks_itself=True)
+@register("ex01.offload_primes")
 async def check_offload_primes(count_report, limit: int = 150_000) -> str:
     """count_report(limit) returns count_primes(limit), keeps the loop free, runs in another process."""
     _require_coroutine_function(count_report, "count_report")
@@ -112,7 +112,7 @@ async def check_offload_primes(count_report, limit: int = 150_000) -> str:
     return "count_report() returns the right count, in another process, and the event loop stays free."
 
 
-@register("ex01.many_logins", locks_itself=True)
+@register("ex01.many_logins")
 async def check_many_logins(login, cost: int = 16, users: int = 4) -> str:
     """Several concurrent logins all return their own hash while the loop stays free."""
     _require_coroutine_function(login, "login")

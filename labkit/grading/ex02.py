@@ -96,7 +96,7 @@ def _shares(report: LoadReport) -> list[float]:
     return sorted((count / total for count in report.per_pid.values()), reverse=True) if total else []
 
 
-@register("ex02.cpu_service", locks_itself=True)
+@register("ex02.cpu_service")
 async def check_cpu_service(cpu_service_settings) -> str:
     """The settings run one worker per usable core, spread kept-alive connections, and scale."""
     settings = _settings(cpu_service_settings, "cpu_service_settings")

@@ -259,7 +259,7 @@ async def _judge_batch(render_batch, docs: list[int]) -> None:
                    "render_document(doc), and corrupt ones (13, 26, ...) to None.")
 
 
-@register("ex03.isolate_render", locks_itself=True)
+@register("ex03.isolate_render")
 async def check_isolate_render(render_batch) -> str:
     """render_batch survives the corrupt document: good ones rendered, the corrupt one None."""
     await _judge_batch(render_batch, [11, 12, CORRUPT_DOC, 14])
@@ -267,7 +267,7 @@ async def check_isolate_render(render_batch) -> str:
             "survives the crash.")
 
 
-@register("ex03.many_crashes", locks_itself=True)
+@register("ex03.many_crashes")
 async def check_many_crashes(render_batch) -> str:
     """Several corrupt documents in one batch: each crash costs only its own document."""
     docs = [CORRUPT_DOC, 1, 2 * CORRUPT_DOC, 2, 3 * CORRUPT_DOC, 3]

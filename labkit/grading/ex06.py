@@ -106,7 +106,7 @@ def _compare(where: str, function, usable: int, **kwargs) -> None:
                    f"workers spend most of their time waiting, so use gunicorn's 2 x cores + 1 = {2 * usable + 1}.")
 
 
-@register("ex06.choose_workers", locks_itself=True)
+@register("ex06.choose_workers")
 async def check_choose_workers(choose_workers) -> str:
     """One worker per usable core for CPU work, 2 x usable + 1 for I/O; affinity and quota respected."""
     _require_function(choose_workers, "choose_workers")
@@ -123,7 +123,7 @@ async def check_choose_workers(choose_workers) -> str:
     return "choose_workers() follows the usable cores: affinity and the container's quota included."
 
 
-@register("ex06.pick_workers", locks_itself=True)
+@register("ex06.pick_workers")
 async def check_pick_workers(pick_workers, table: dict[int, float] | None = None) -> str:
     """The smallest worker count within 10% of the best throughput, on several sweeps."""
     if not callable(pick_workers):
@@ -154,7 +154,7 @@ async def check_pick_workers(pick_workers, table: dict[int, float] | None = None
     return "pick_workers() picks the smallest worker count within 10% of the best, on every sweep tried."
 
 
-@register("ex06.bad_kind", locks_itself=True)
+@register("ex06.bad_kind")
 async def check_bad_kind(choose_workers) -> str:
     """An unknown kind of work raises ValueError instead of returning a guess."""
     _require_function(choose_workers, "choose_workers")

@@ -260,7 +260,7 @@ def _failures(run: _Run) -> str:
 # ------------------------------------------------------------------------------ responsive
 
 
-@register("ex07.responsive", locks_itself=True)
+@register("ex07.responsive")
 async def check_responsive(make_app) -> str:
     """One worker, heavy load: right answers, /fast answered while the pool computes on every core."""
     _preflight(make_app)
@@ -342,7 +342,7 @@ def _judge_layout(settings: dict, workers: int, pool_workers: int, usable: int) 
                    "Choose a mode that spreads connections by design.")
 
 
-@register("ex07.every_core", locks_itself=True)
+@register("ex07.every_core")
 async def check_every_core(make_app, layout) -> str:
     """The layout budgets K x M to the cores, and under load the cluster uses them with /fast still fast."""
     settings, workers, pool_workers = _layout(layout)
@@ -383,7 +383,7 @@ async def check_every_core(make_app, layout) -> str:
 # ------------------------------------------------------------------------------ answers (hidden)
 
 
-@register("ex07.answers", locks_itself=True)
+@register("ex07.answers")
 async def check_answers(make_app) -> str:
     """Edge cases of both heavy endpoints, answered through the pool."""
     _preflight(make_app)
