@@ -91,6 +91,40 @@ class _Slot:
         self.latest: _Worker | None = None
 
 
+class _CpuWindow:
+    """A process's CPU use over the last few seconds: the same for every caller, however often asked.
+
+    psutil's ``cpu_percent(None)`` measures since its own previous call, so a widget refreshing
+    twice a second would leave a notebook's ``stats()`` only the last half second. Here samples
+    arrive with every heartbeat and every snapshot, and the percentage spans from the newest
+    sample back to the newest one at least :data:`CPU_WINDOW` old.
+    """
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque()
+
+    def sample(self, ps: psutil.Process | None, now: float) -> None:
+        if ps is None:
+            return
+        try:
+            times = ps.cpu_times()
+        except psutil.Error:
+            return  # exiting: keep what we had
+        self.samples.append((now, times.user + times.system))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= CPU_WINDOW:
+            self.samples.popleft()
+
+    def percent(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (start, cpu_start), (end, cpu_end) = self.samples[0], self.samples[-1]
+        return 100.0 * max(cpu_end - cpu_start, 0.0) / (end - start) if end > start else 0.0
+
+
+#: Seconds of history behind each worker's ``cpu_percent`` (see :class:`_CpuWindow`).
+CPU_WINDOW = 2.0
+
+
 class _Worker:
     """One worker process, as the primary tracks it."""
 
@@ -117,6 +151,7 @@ class _Worker:
             self.ps: psutil.Process | None = psutil.Process(self.pid)
         except psutil.Error:
             self.ps = None
+        self.cpu = _CpuWindow()
 
 
 class Arbiter:
@@ -451,6 +486,7 @@ class Arbiter:
         if kind == "beat":
             worker.last_beat = now
             worker.requests, worker.in_flight = int(message[1]), int(message[2])
+            worker.cpu.sample(worker.ps, now)
         elif kind == "ready" and worker.state is WorkerState.STARTING:
             self._set_state(worker, WorkerState.READY)
             worker.ready_at = worker.last_beat = now
@@ -555,12 +591,12 @@ class Arbiter:
     def _record(self, worker: _Worker, now: float) -> WorkerStats:
         cpu, rss = 0.0, 0
         if worker.state.alive and worker.ps is not None:
+            worker.cpu.sample(worker.ps, now)
+            cpu = worker.cpu.percent()
             try:
-                with worker.ps.oneshot():
-                    cpu = worker.ps.cpu_percent(None)
-                    rss = worker.ps.memory_info().rss
+                rss = worker.ps.memory_info().rss
             except psutil.Error:
-                pass  # it exited between two lines; report zeros
+                pass  # it exited meanwhile; report zero
         uptime = now - worker.started_at if worker.state.alive else 0.0
         return WorkerStats(
             id=worker.slot.id, pid=worker.pid, state=worker.state, uptime=uptime,

@@ -78,7 +78,8 @@ class WorkerStats:
         restarts: how many times this slot was restarted after an unplanned exit.
         requests: requests this process has finished (reported with each heartbeat).
         in_flight: requests it was working on at its last heartbeat.
-        cpu_percent: its CPU use since the previous ``stats()`` call (100 = one full core).
+        cpu_percent: its CPU use over the last two seconds or so (100 = one full core), the same
+            whoever else asks for stats meanwhile.
         rss: resident memory in bytes.
         last_exit: why the slot's previous process ended unplanned, or ``None``.
     """

@@ -464,3 +464,13 @@ def test_a_by_value_factory_that_raises_at_boot_names_its_error():
 
     with pytest.raises(ServerStartError, match="NotImplementedError: write the app here"):
         Cluster(make_app, workers=1, start_method="fork", max_restarts=0).start()
+
+
+def test_cpu_percent_does_not_depend_on_who_asked_for_stats_before():
+    # A widget polling stats() must not leave a notebook's own stats() call an empty window.
+    with Cluster(DEMO, workers=1, start_method="fork") as cluster:
+        run_load(cluster.url + "/primes?n=40000", concurrency=2, duration=1.5)
+        first = cluster.stats().workers[0].cpu_percent
+        second = cluster.stats().workers[0].cpu_percent  # right after: same window, nearly
+    assert first > 0
+    assert second >= 0.5 * first, (first, second)
