@@ -2,6 +2,7 @@
 
 - :func:`trace_latency`: what a client sees while a heavy request runs (below);
 - :func:`timed_gather`, :func:`overlapped`: when each task of a batch ran;
+- :func:`who_answers`, :func:`watch_answers`: which worker process answers, over time (lab 03);
 - :func:`sweep`, :func:`speedup`, :func:`judge_speedup`: a batch at several worker counts, judged
   against the parallelism the machine delivered (see ``labkit/_sweep.py``);
 - :func:`cpu_timeline`: which cores did the work (see ``labkit/_timeline.py``);
@@ -41,6 +42,8 @@ __all__ = [
     "Span",
     "timed_gather",
     "overlapped",
+    "who_answers",
+    "watch_answers",
     "best_of",
     # scaling sweeps and CPU timelines (defined in private modules, part of this module's API)
     "SweepPoint",
@@ -220,6 +223,57 @@ def overlapped(spans: list[Span]) -> bool:
     """Whether any two spans ran at the same time (beyond a millisecond of bookkeeping)."""
     ordered = sorted(spans, key=lambda span: span.start)
     return any(b.start < a.end - 1e-3 for a, b in zip(ordered, ordered[1:]))
+
+
+# --------------------------------------------------------------------------------------------
+# Who answers: which worker process a client reaches, over time
+
+
+async def who_answers(url: str, timeout: float = REQUEST_TIMEOUT, client: AsyncHTTPClient | None = None) -> int | None:
+    """The pid of the worker that answers one GET of ``url`` on a new connection, or ``None``.
+
+    The pid comes from the ``X-Worker-Pid`` header that labkit's demo apps send. ``None`` means
+    no answer: the connection was refused or reset (a dying worker), or ``timeout`` passed.
+    """
+    own = client is None
+    client = client or AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(url, request_timeout=timeout)
+    except (OSError, HTTPClientError, asyncio.TimeoutError):
+        return None
+    finally:
+        if own:
+            client.close()
+    pid = response.headers.get("X-Worker-Pid")
+    return int(pid) if pid and pid.isdigit() else None
+
+
+async def watch_answers(url: str, seconds: float, interval: float = 0.02,
+                        origin: float | None = None) -> list[tuple[float, int | None]]:
+    """Ask ``url`` on a new connection every ``interval`` seconds; see who answers each time.
+
+    Asks until ``seconds`` after ``origin`` (a ``time.monotonic()`` reading; default: when the
+    watch begins). Returns ``(sent, pid)`` pairs, ``sent`` in seconds since ``origin`` and ``pid`` as :func:`who_answers` gives it, ready for
+    :func:`labkit.plots.plot_answers_timeline`. Requests are sent on schedule whether or not
+    earlier ones were answered, so a gap in the service shows as a gap, not as a slower watcher.
+    """
+    origin = time.monotonic() if origin is None else origin
+    client = AsyncHTTPClient(force_instance=True, max_clients=1000)
+
+    async def ask() -> tuple[float, int | None]:
+        sent = time.monotonic() - origin
+        return sent, await who_answers(url, client=client)
+
+    asked = []
+    try:
+        while time.monotonic() - origin < seconds:
+            asked.append(asyncio.ensure_future(ask()))
+            await asyncio.sleep(interval)
+        return list(await asyncio.gather(*asked))
+    finally:
+        for pending in asked:
+            pending.cancel()
+        client.close()
 
 
 # --------------------------------------------------------------------------------------------

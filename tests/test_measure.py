@@ -76,3 +76,22 @@ def test_scaling_plots_draw():
     with cpu_timeline(interval=0.05) as recording:
         count_primes(20000)
     assert plot_cpu_timeline(recording.result).axes[0].get_title() == "Which cores did the work?"
+
+
+def test_watch_answers_names_the_answering_process_and_marks_no_answer_as_none():
+    import asyncio
+    import socket
+
+    from labkit.apps import AppServer
+    from labkit.measure import watch_answers, who_answers
+
+    with AppServer("labkit.apps:demo_app") as server:
+        answers = asyncio.run(watch_answers(server.url + "/pid", seconds=0.3, interval=0.05))
+        pid = server.pid
+    assert len(answers) >= 3
+    assert {who for _, who in answers} == {pid}
+    assert [sent for sent, _ in answers] == sorted(sent for sent, _ in answers)
+    with socket.socket() as closed:  # a port nobody listens on: refused, so no answer
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert asyncio.run(who_answers(f"http://127.0.0.1:{port}/pid", timeout=5)) is None
