@@ -24,8 +24,6 @@ import ctypes
 import hashlib
 import os
 
-import tornado.web
-
 from .apps import DemoApp, _Base, demo_app
 
 __all__ = ["CORRUPT_DOC", "is_corrupt", "crash_hard", "render_document", "flaky_app", "crashing_app",

@@ -17,7 +17,6 @@ judges what it measured, never the core count printed on the box:
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Callable
 
 from labkit.cluster import Cluster, resolve_workers
@@ -26,6 +25,7 @@ from labkit.errors import ConfigurationError, ServerStartError
 from labkit.load import LoadReport, run_load_async
 from labkit.measure import best_of
 
+from ._settings import settings_from
 from .checks import Fail, register
 
 __all__ = ["CPU_PATH", "IO_PATH", "IO_CLIENTS", "IO_WAIT", "SPEEDUP_SHARE", "IDEAL_SHARE", "judge_speedup"]
@@ -61,18 +61,8 @@ def judge_speedup(speedup: float, delivered: float) -> bool:
 
 
 def _settings(function: Callable[[], dict], name: str) -> dict:
-    if not callable(function):
-        raise Fail(f"pass your {name} function itself to the check, not {type(function).__name__}")
-    if inspect.iscoroutinefunction(function):
-        raise Fail(f"{name} should be a plain function (def, not async def) that returns a dict")
-    settings = function()
-    if not isinstance(settings, dict):
-        raise Fail(f"{name}() returned {type(settings).__name__}; return a dict of Cluster keyword arguments, "
-                   "such as {'workers': 2, 'balance': 'os'}")
-    fixed = [key for key in settings if key in _FIXED]
-    if fixed:
-        raise Fail(f"{name}() sets {', '.join(fixed)}; the check chooses the app and the address, so leave "
-                   "those out and return only settings like workers and balance")
+    settings = settings_from(function, name, example="{'workers': 2, 'balance': 'os'}", fixed=_FIXED,
+                             yours="settings like workers and balance")
     if "workers" not in settings:
         raise Fail(f"{name}() does not say how many workers to run: add a 'workers' entry "
                    "('max', -1 or a number)")

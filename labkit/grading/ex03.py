@@ -34,6 +34,7 @@ from labkit._demo_faulty import CORRUPT_DOC, is_corrupt, render_document
 from labkit.cluster import Cluster, WorkerState
 from labkit.errors import ConfigurationError, ServerStartError
 
+from ._settings import settings_from
 from .checks import Fail, register
 
 __all__ = ["SERVICE", "BACK_WITHIN", "CRASHES"]
@@ -77,16 +78,8 @@ with open(sys.argv[1], "wb") as out:
 
 
 def _settings(function: Callable[[], dict]) -> dict:
-    if not callable(function) or inspect.iscoroutinefunction(function):
-        raise Fail("pass your service_settings function (a plain def returning a dict) to the check")
-    settings = function()
-    if not isinstance(settings, dict):
-        raise Fail(f"service_settings() returned {type(settings).__name__}; return a dict of Cluster keyword "
-                   "arguments, such as {'workers': 2}")
-    fixed = [key for key in settings if key in _FIXED]
-    if fixed:
-        raise Fail(f"service_settings() sets {', '.join(fixed)}; the check chooses the app and the address, "
-                   "so return only settings like workers, balance and the restart policy")
+    settings = settings_from(function, "service_settings", example="{'workers': 2}", fixed=_FIXED,
+                             yours="settings like workers, balance and the restart policy")
     try:
         Cluster(SERVICE, **settings)
     except (ConfigurationError, TypeError) as exc:

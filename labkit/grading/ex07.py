@@ -44,6 +44,7 @@ from labkit.load import LoadReport, run_load_async
 from labkit.measure import best_of
 from labkit.workloads import count_primes, hash_password
 
+from ._settings import settings_from
 from .checks import Fail, register
 
 __all__ = ["PRIMES_N", "HASH_COST", "PASSWORD", "SALT", "BLOCKED_SHARE", "CPU_SHARE", "BUSY_SHARE"]
@@ -301,15 +302,9 @@ def _idle_message(run: _Run, usable: int) -> str:
 
 def _layout(layout: Callable[[], dict]) -> tuple[dict, int, int]:
     """Validate the student's layout; return it with K (cluster workers) and M (pool workers each)."""
-    if not callable(layout) or inspect.iscoroutinefunction(layout):
-        raise Fail("pass your layout function (a plain def returning a dict) to the check")
-    settings = layout()
-    if not isinstance(settings, dict):
-        raise Fail(f"layout() returned {type(settings).__name__}; return a dict of Cluster keyword arguments, "
-                   "such as {'workers': 2, 'balance': 'round-robin', 'options': {'pool_workers': 1}}")
-    fixed = [key for key in settings if key in _FIXED]
-    if fixed:
-        raise Fail(f"layout() sets {', '.join(fixed)}; the check chooses the app and the address")
+    settings = settings_from(layout, "layout",
+                             example="{'workers': 2, 'balance': 'round-robin', 'options': {'pool_workers': 1}}",
+                             fixed=_FIXED, yours="workers, balance and options={'pool_workers': M}")
     options = settings.get("options")
     if not isinstance(options, dict) or "pool_workers" not in options:
         raise Fail("layout() must say how big each process's pool is: add 'options': {'pool_workers': M}")
