@@ -23,6 +23,7 @@ import os
 import psutil
 import tornado.web
 
+from .apps import _WorkerHandler
 from .pool import WorkerPool
 from .workloads import count_primes, hash_password
 
@@ -42,19 +43,7 @@ def _memory_of(pid: int) -> int:
         return proc.memory_info().rss
 
 
-class _Base(tornado.web.RequestHandler):
-    def set_default_headers(self) -> None:
-        self.set_header("X-Worker-Pid", str(os.getpid()))
-
-    def int_argument(self, name: str, default: int, low: int, high: int) -> int:
-        try:
-            value = int(self.get_argument(name, str(default)))
-        except ValueError:
-            raise tornado.web.HTTPError(400, reason=f"{name} must be an integer") from None
-        if not low <= value <= high:
-            raise tornado.web.HTTPError(400, reason=f"{name} must be between {low} and {high}")
-        return value
-
+class _Base(_WorkerHandler):
     async def offload(self, function, *args):
         """Run ``function(*args)`` on this process's worker pool; the loop only awaits."""
         pool = self.application.pool

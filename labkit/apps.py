@@ -66,12 +66,11 @@ MAX_HASH_COST = 18
 MAX_SLEEP_MS = 60_000
 
 
-class _Base(tornado.web.RequestHandler):
+class _WorkerHandler(tornado.web.RequestHandler):
+    """What every labkit demo endpoint does: name its process, and read bounded integer arguments."""
+
     def set_default_headers(self) -> None:
         self.set_header("X-Worker-Pid", str(os.getpid()))
-
-    def prepare(self) -> None:
-        self.application.settings["labkit_state"].requests += 1
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
         raw = self.get_argument(name, str(default))
@@ -82,6 +81,11 @@ class _Base(tornado.web.RequestHandler):
         if not low <= value <= high:
             raise tornado.web.HTTPError(400, reason=f"{name} must be between {low} and {high}")
         return value
+
+
+class _Base(_WorkerHandler):
+    def prepare(self) -> None:
+        self.application.settings["labkit_state"].requests += 1
 
     async def compute(self, function, *args):
         """Run ``function(*args)`` where ``?mode=`` says: on the loop, in a thread or a process."""
