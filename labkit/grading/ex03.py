@@ -33,6 +33,7 @@ from tornado.httpclient import AsyncHTTPClient
 from labkit._demo_faulty import CORRUPT_DOC, is_corrupt, render_document
 from labkit.cluster import Cluster, WorkerState
 from labkit.errors import ConfigurationError, ServerStartError
+from labkit.measure import who_answers
 
 from ._settings import settings_from
 from .checks import Fail, register
@@ -90,11 +91,7 @@ def _settings(function: Callable[[], dict]) -> dict:
 async def _answered(client: AsyncHTTPClient, url: str, origin: float) -> tuple[float, int | None]:
     """Send one request on a new connection: (seconds since origin when sent, answering pid or None)."""
     sent = time.monotonic() - origin
-    try:
-        response = await client.fetch(url, request_timeout=BACK_WITHIN + 10)
-    except Exception:  # reset by a dying worker, refused, timed out: no answer
-        return sent, None
-    return sent, int(response.headers.get("X-Worker-Pid", 0)) or None
+    return sent, await who_answers(url, timeout=BACK_WITHIN + 10, client=client)
 
 
 def _ready_pids(cluster: Cluster) -> dict[int, int]:
