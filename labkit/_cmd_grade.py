@@ -134,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
             jobs=max(1, min(jobs, len(submissions))))
     except GradeError as exc:
         return fail(str(exc))
-    print(f"grading {len(submissions)} submission{'s' if len(submissions) != 1 else ''} of "
-          f"{len(exercises)} exercise{'s' if len(exercises) != 1 else ''} with {settings.jobs} "
-          f"job{'s' if settings.jobs != 1 else ''}", file=sys.stderr, flush=True)
+    print(f"grading {len(submissions)} submission{'s' if len(submissions) != 1 else ''} with {settings.jobs} "
+          f"job{'s' if settings.jobs != 1 else ''}, against the {len(exercises)} "
+          f"exercise{'s' if len(exercises) != 1 else ''} in {args.solutions}", file=sys.stderr, flush=True)
     try:
         report = grade(submissions, exercises, settings, progress=_Progress(sys.stderr))
     except GradeError as exc:
