@@ -23,12 +23,15 @@ EXERCISE_07 = ROOT / "exercises" / "07_cluster_plus_workers.ipynb"
 
 
 def service(heavy_work: str = "process", wrong_answer: bool = False):
-    """A capstone app factory: heavy work in a "process" pool, a "thread" pool, or on the "loop"."""
+    """A capstone app factory: heavy work in a "process" pool, a "thread" pool, on the "loop", or
+    still the exercise's "stub"."""
     import tornado.web
 
     from labkit.workloads import count_primes, hash_password
 
     async def run(handler, fn, *args):
+        if heavy_work == "stub":
+            raise NotImplementedError("await asyncio.wrap_future(pool.submit(fn, *args)) (the pool's answer)")
         if heavy_work == "loop":
             return fn(*args)  # the mistake: the loop computes
         return await asyncio.wrap_future(handler.application.pool.submit(fn, *args))
@@ -114,6 +117,12 @@ def test_pure_python_in_a_thread_pool_is_caught_by_the_gil():
 def test_a_wrong_answer_fails_the_hidden_check_with_the_case():
     with pytest.raises(Fail, match=r"/primes\?n=0 answered primes=1, expected 0"):
         run(check_answers(service(wrong_answer=True)))
+
+
+def test_a_handler_still_a_stub_is_not_done_yet_with_its_whole_hint():
+    with pytest.raises(NotImplementedError) as stub:
+        run(check_answers(service("stub")))
+    assert str(stub.value) == "await asyncio.wrap_future(pool.submit(fn, *args)) (the pool's answer)"
 
 
 def test_a_factory_that_is_not_an_app_is_told_what_to_return():

@@ -76,8 +76,21 @@ REQUEST_TIMEOUT = 60.0
 # Cluster keyword arguments the layout may not choose: the check decides what runs and where.
 _FIXED = ("app", "host", "port", "on_change")
 
-# What the app's worker reports when labkit_start still raises the stub's NotImplementedError.
-_STUB = re.compile(r"NotImplementedError: ?(.*?)(?:\)|$)")
+
+def _stub_hint(text: str) -> str | None:
+    """The hint of an exercise stub's NotImplementedError found in ``text``, or None.
+
+    ``text`` is a worker's boot error (``labkit_start`` still a stub) or the traceback a 500
+    answer carries (a handler still a stub). A hint may hold parentheses of its own; only a
+    closing one the hint did not open is the message's, not the hint's.
+    """
+    match = re.search(r"NotImplementedError: ?(.*)$", text, re.MULTILINE)
+    if match is None:
+        return None
+    hint = match[1].strip().strip("'\"")
+    while hint.endswith(")") and hint.count(")") > hint.count("("):
+        hint = hint[:-1].rstrip()
+    return hint
 
 
 def _served_app(factory: Callable[..., tornado.web.Application], **options) -> tornado.web.Application:
@@ -105,9 +118,9 @@ def _start(make_app, settings: dict) -> Cluster:
     except ConfigurationError as exc:
         raise Fail(f"the cluster was refused: {exc}") from None
     except ServerStartError as exc:
-        stub = _STUB.search(str(exc))
-        if stub:
-            raise NotImplementedError(stub[1].strip()) from None
+        hint = _stub_hint(str(exc))
+        if hint is not None:
+            raise NotImplementedError(hint) from None
         raise Fail(f"your app did not start in a cluster worker: {exc}") from None
 
 
@@ -124,9 +137,9 @@ async def _answer(client: AsyncHTTPClient, url: str, path: str, key: str):
     code, body = await _get(client, url + path)
     if code != 200:
         text = body.decode(errors="replace")
-        stub = _STUB.search(text)
-        if stub:
-            raise NotImplementedError(stub[1].strip().strip("'\""))
+        hint = _stub_hint(text)
+        if hint is not None:
+            raise NotImplementedError(hint)
         last = [line for line in text.splitlines() if line.strip()][-1:] or ["(no body)"]
         raise Fail(f"{path} answered {code}: {last[0].strip()[:200]}")
     try:
