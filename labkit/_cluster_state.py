@@ -7,11 +7,11 @@ The public names are re-exported by :mod:`labkit.cluster`.
 from __future__ import annotations
 
 import enum
-import signal
 import time
 from dataclasses import dataclass, field
 
 from . import _lifeline
+from ._exits import signal_name
 
 __all__ = [
     "WorkerState",
@@ -260,10 +260,7 @@ def diagnose(exitcode: int | None, *, boot_error: str | None = None) -> str:
     if exitcode is None:
         return "still running"
     if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
+        name = signal_name(-exitcode)
         hint = _SIGNAL_HINTS.get(name, "sent by another process or the kernel")
         return f"killed by {name}: {hint}"
     if exitcode == 0:

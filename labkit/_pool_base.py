@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import enum
 import math
-import signal
 from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
 from dataclasses import dataclass
 
+from ._exits import signal_name
 from .errors import LabkitError
 
 # --------------------------------------------------------------------------------------------
@@ -251,10 +251,9 @@ def describe_exit(exitcode: int | None) -> str:
         return "vanished without an exit status"
     if exitcode < 0:
         number = -exitcode
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            return f"killed by signal {number}"
+        name = signal_name(number)
+        if not name.startswith("SIG"):
+            return f"killed by {name}"
         return _SIGNAL_DIAGNOSES.get(name, f"killed by {name} (signal {number})")
     from ._lifeline import ORPHAN_EXIT_CODE
 

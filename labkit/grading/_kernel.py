@@ -28,6 +28,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .._exits import signal_name
 __all__ = ["CellFate", "Kernel", "clean_text", "describe_exit"]
 
 #: Seconds a timed-out cell's kernel has, after the interrupt, to answer a probe before it is
@@ -77,10 +78,7 @@ def describe_exit(code: int | None) -> str:
     if code is None:
         return "the kernel stopped unexpectedly"
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
+        name = signal_name(-code)
         known = {
             "SIGSEGV": "the kernel crashed with a segmentation fault (native code read memory it may not, "
                        "for example through ctypes)",

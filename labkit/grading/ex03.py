@@ -22,7 +22,6 @@ import asyncio
 import inspect
 import os
 import pickle
-import signal
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from tornado.httpclient import AsyncHTTPClient
 
 from labkit._demo_faulty import CORRUPT_DOC, is_corrupt, render_document
+from labkit._exits import signal_name
 from labkit.cluster import Cluster, WorkerState
 from labkit.errors import ConfigurationError, ServerStartError
 from labkit.measure import who_answers
@@ -216,10 +216,7 @@ async def _run_in_sandbox(function: Callable, *args) -> tuple[int, tuple | None]
 
 def _death(status: int) -> str:
     if status < 0:
-        try:
-            return f"was killed by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"was killed by signal {-status}"
+        return f"was killed by {signal_name(-status)}"
     return f"exited with status {status}"
 
 
