@@ -44,7 +44,7 @@ from labkit import measure_parallelism, usable_cores
 from labkit.cluster import Cluster, WorkerState
 from labkit.load import run_load
 
-APP = "labkit.apps:demo_app"
+APP = "labkit.demo:demo_app"
 CPU_PATH = "/primes?n=20000"
 REPEATS = 3  # alternating runs per configuration; medians reported
 SECONDS = 5  # length of each load run
@@ -61,7 +61,7 @@ def app(environ, start_response):
 TORNADO_FORKED = '''
 import asyncio, sys
 import tornado.httpserver, tornado.netutil, tornado.process
-from labkit.apps import demo_app
+from labkit.demo import demo_app
 
 sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
 print(sockets[0].getsockname()[1], flush=True)

@@ -9,7 +9,8 @@ The names most labs need are importable from here; each lives in a small module 
 - :mod:`labkit.shm`: :class:`SharedArray`, numpy arrays in shared memory
 - :mod:`labkit.cluster`: :class:`Cluster`, N worker processes serving one port (Node's cluster, PM2)
 - :mod:`labkit.load`: :func:`run_load`, an HTTP load generator in its own process
-- :mod:`labkit.apps`: the demo web app and :class:`AppServer` to run it in the background
+- :mod:`labkit.demo`: the demo web apps the labs serve (:func:`demo_app`, faulty and combined variants)
+- :mod:`labkit.apps`: :class:`AppServer`, any app in a background process; :func:`load_app`
 - :mod:`labkit.measure`: experiments' measurements (:func:`trace_latency`, ...)
 - :mod:`labkit.plots` and :mod:`labkit.widgets`: pictures and live views of the above
 - :mod:`labkit.grading`: exercises, :func:`check` for self-checks, ``labkit assign``
@@ -77,7 +78,7 @@ _LAZY = {
     "LoadReport": "labkit.load",
     "SharedArray": "labkit.shm",
     "AppServer": "labkit.apps",
-    "demo_app": "labkit.apps",
+    "demo_app": "labkit.demo",
     "trace_latency": "labkit.measure",
     "LatencyTrace": "labkit.measure",
     "plots": "labkit.plots",
@@ -87,7 +88,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import plots, widgets
-    from .apps import AppServer, demo_app
+    from .apps import AppServer
+    from .demo import demo_app
     from .grading.checks import check
     from .measure import LatencyTrace, trace_latency
     from .cluster import Cluster

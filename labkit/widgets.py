@@ -247,7 +247,7 @@ class ClusterMonitor(_LiveView):
 
 def _worker_table(stats: ClusterStats) -> str:
     """The workers of ``stats`` as an HTML table with a CPU bar per row."""
-    from ._cluster_state import _format_bytes, _format_uptime
+    from ._format import format_bytes, format_uptime
 
     head = "".join(f"<th style='text-align:left;padding:0 8px'>{h}</th>"
                    for h in ("id", "pid", "state", "uptime", "restarts", "requests", "CPU", "memory"))
@@ -258,11 +258,11 @@ def _worker_table(stats: ClusterStats) -> str:
         bar = (f"<div style='display:inline-block;width:60px;height:9px;background:#eee;margin-right:4px'>"
                f"<div style='width:{width:.0f}%;height:9px;background:{_bar_color(w.cpu_percent)}'></div></div>")
         cells = [str(w.id), str(w.pid or "-"), f"<span style='color:{color}'><b>{w.state.value}</b></span>",
-                 _format_uptime(w.uptime), str(w.restarts), str(w.requests), f"{bar}{w.cpu_percent:.0f}%",
-                 _format_bytes(w.rss)]
+                 format_uptime(w.uptime), str(w.restarts), str(w.requests), f"{bar}{w.cpu_percent:.0f}%",
+                 format_bytes(w.rss)]
         rows.append("<tr>" + "".join(f"<td style='padding:0 8px'>{c}</td>" for c in cells) + "</tr>")
     totals = (f"{stats.ready}/{stats.wanted} ready, {stats.requests} requests, "
-              f"{stats.cpu_percent:.0f}% CPU, {_format_bytes(stats.rss)} in all")
+              f"{stats.cpu_percent:.0f}% CPU, {format_bytes(stats.rss)} in all")
     return (f"<table style='font-family:monospace'><tr>{head}</tr>{''.join(rows)}</table>"
             f"<div>{html.escape(totals)}</div>")
 

@@ -66,3 +66,29 @@ def test_lazy_names_resolve_to_their_modules():
 
     assert labkit.AppServer is AppServer
     assert labkit.plots.__name__ == "labkit.plots"
+
+
+def test_the_old_import_paths_of_the_demo_apps_keep_working():
+    # Exercises handed out before the demo had a package of its own import these names.
+    import labkit._demo_combined
+    import labkit._demo_faulty
+    import labkit.demo.combined
+    import labkit.demo.faulty
+    from labkit.apps import load_app
+
+    assert labkit._demo_faulty is labkit.demo.faulty
+    assert labkit._demo_combined is labkit.demo.combined
+    assert type(load_app("labkit.apps:demo_app")).__name__ == "DemoApp"
+    assert type(load_app("labkit._demo_faulty:flaky_app")).__name__ == "DemoApp"
+
+
+def test_the_cluster_worker_loads_an_app_without_importing_the_demo():
+    code = (
+        "import sys\n"
+        "from labkit.apps import load_app\n"
+        "import labkit.cluster._worker\n"
+        "assert 'labkit.demo' not in sys.modules, 'the demo was imported'\n"
+        "print('clean')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "clean", result.stderr

@@ -319,7 +319,7 @@ def test_outdated_lists_missing_changed_and_orphaned_exercises(course):
 
 
 def test_assign_is_a_labkit_subcommand():
-    assert COMMANDS["assign"][0] == "labkit._cmd_assign"
+    assert COMMANDS["assign"][0] == "labkit.cli._assign"
 
 
 def test_the_command_prints_one_line_per_notebook_and_exits_0(course, capsys):
@@ -364,6 +364,6 @@ def test_the_package_name_assign_is_the_function_even_after_importing_the_submod
 
 
 def test_importing_the_grading_package_does_not_import_nbformat():
-    code = "import sys, labkit.grading, labkit._cmd_assign; print('nbformat' in sys.modules)"
+    code = "import sys, labkit.grading, labkit.cli._assign; print('nbformat' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -87,7 +87,7 @@ class Serve:
 
 
 def test_serve_prints_a_status_table_serves_and_stops_gracefully_on_sigterm():
-    serve = Serve("labkit.apps:demo_app", "-w", "2", "--port", "0")
+    serve = Serve("labkit.demo:demo_app", "-w", "2", "--port", "0")
     url = serve.wait_for(r"at (http://127\.0\.0\.1:\d+) with 2 workers").group(1)
     serve.wait_for(r"\| id \| pid")
     serve.wait_for(r"2/2 ready, balance os")  # the table's last line
@@ -106,7 +106,7 @@ def test_serve_prints_a_status_table_serves_and_stops_gracefully_on_sigterm():
 
 
 def test_serve_reloads_worker_by_worker_on_sighup():
-    serve = Serve("labkit.apps:demo_app", "-w", "2", "--port", "0")
+    serve = Serve("labkit.demo:demo_app", "-w", "2", "--port", "0")
     serve.wait_for(r"2/2 ready")
     before = {worker.pid for worker in serve.workers()}
     serve.process.send_signal(signal.SIGHUP)
@@ -130,7 +130,7 @@ def busy_port():
 def test_serve_reports_a_failed_start_in_one_line_and_leaves_nothing_running(case, busy_port, tmp_path):
     (tmp_path / "broken_app.py").write_text("def make():\n    raise RuntimeError('database is down')\n")
     app, expected, extra = {
-        "port in use": ("labkit.apps:demo_app", "already in use", ["--port", str(busy_port)]),
+        "port in use": ("labkit.demo:demo_app", "already in use", ["--port", str(busy_port)]),
         "module does not import": ("no_such_module:app", "No module named 'no_such_module'", []),
         "factory raises": ("broken_app:make", "RuntimeError: database is down", []),
     }[case]

@@ -35,7 +35,7 @@ from labkit.cluster import (
 )
 from labkit.load import run_load
 
-DEMO = "labkit.apps:demo_app"
+DEMO = "labkit.demo:demo_app"
 
 TEST_APPS = '''
 """Apps that misbehave on purpose, for the cluster tests."""
@@ -44,7 +44,7 @@ import time
 
 import tornado.web
 
-from labkit.apps import demo_app
+from labkit.demo import demo_app
 
 
 class Block(tornado.web.RequestHandler):

@@ -23,7 +23,7 @@ HEY = shutil.which("hey")
 @pytest.fixture(scope="module")
 def cluster():
     # A short heartbeat timeout makes workers report their counts every half second.
-    with Cluster("labkit.apps:demo_app", workers=2, balance="os", heartbeat_timeout=2.0) as running:
+    with Cluster("labkit.demo:demo_app", workers=2, balance="os", heartbeat_timeout=2.0) as running:
         yield running
 
 
@@ -48,7 +48,6 @@ def test_hey_gets_only_200_answers_from_a_cluster(cluster):
     assert codes == {"200": "200"}, result.stdout
 
 
-@pytest.mark.skipif(WRK is None, reason="wrk is not installed (apt-get install wrk)")
 def settled_count(cluster) -> int:
     """The cluster's request count once workers have reported everything (it stops moving)."""
     previous, current = -1, cluster.stats().requests
@@ -58,6 +57,7 @@ def settled_count(cluster) -> int:
     return current
 
 
+@pytest.mark.skipif(WRK is None, reason="wrk is not installed (apt-get install wrk)")
 def test_the_clusters_request_count_agrees_with_wrk(cluster):
     before = settled_count(cluster)
     result = subprocess.run([WRK, "-t1", "-c4", "-d1s", cluster.url + "/fast"], capture_output=True, text=True, timeout=60)

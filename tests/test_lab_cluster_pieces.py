@@ -17,7 +17,7 @@ import urllib.request
 import cloudpickle
 import pytest
 
-from labkit._demo_faulty import CORRUPT_DOC, BrokenDeployError, crashing_app, is_corrupt, render_document
+from labkit.demo.faulty import CORRUPT_DOC, BrokenDeployError, crashing_app, is_corrupt, render_document
 from labkit.cluster import Cluster, WorkerState
 from labkit.grading.checks import CheckFailed, check
 from labkit.grading.ex02 import judge_speedup
@@ -26,7 +26,7 @@ from labkit.plots import machine_label, plot_answers_timeline, plot_throughput, 
 from labkit.pool import WorkerCrashedError, WorkerPool
 from labkit.widgets import ClusterMonitor
 
-DEMO = "labkit.apps:demo_app"
+DEMO = "labkit.demo:demo_app"
 
 # The render check runs a function in a fresh interpreter, where this test module is not
 # importable: send its functions by value, as a notebook's are.
@@ -148,7 +148,7 @@ def test_the_answers_timeline_puts_each_pid_on_a_row_and_counts_the_unanswered()
 
 
 def test_a_corrupt_document_segfaults_its_process_and_only_it():
-    code = "from labkit._demo_faulty import render_document; render_document(13); print('survived')"
+    code = "from labkit.demo.faulty import render_document; render_document(13); print('survived')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == -signal.SIGSEGV and "survived" not in result.stdout
     assert render_document(12) == render_document(12) != render_document(14)

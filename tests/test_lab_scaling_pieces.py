@@ -11,7 +11,7 @@ import psutil
 import pytest
 from tornado.httpclient import HTTPClient
 
-from labkit._demo_combined import combined_app
+from labkit.demo.combined import combined_app
 from labkit._sweep import _pool_processes, _share_affinity, sweep
 from labkit.cluster import Cluster
 from labkit.pool import WorkerPool
@@ -94,7 +94,7 @@ def test_the_combined_app_rejects_a_pool_of_no_workers():
 
 
 def test_the_combined_app_serves_fast_on_the_loop_and_primes_on_its_pool():
-    with Cluster("labkit._demo_combined:combined_app", workers=1, options={"pool_workers": 2}) as cluster:
+    with Cluster("labkit.demo.combined:combined_app", workers=1, options={"pool_workers": 2}) as cluster:
         client = HTTPClient()
         try:
             assert client.fetch(cluster.url + "/fast").body == b"ok\n"

@@ -11,7 +11,7 @@ import pytest
 from labkit import AppServer, ConfigurationError
 from labkit.cli import main
 from labkit.load import ERROR_KINDS, LoadReport, _parse_response, run_load, run_load_async
-from labkit._cmd_load import parse_duration
+from labkit.cli._load import parse_duration
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from labkit import ConfigurationError
 from labkit.measure import cpu_timeline, default_worker_counts, judge_speedup, speedup, sweep
 from labkit.workloads import count_primes, io_wait
-from labkit._scaling_plots import plot_cpu_timeline, plot_scaling, plot_switches
+from labkit.plots import plot_cpu_timeline, plot_scaling, plot_switches
 
 
 def test_default_worker_counts_go_from_one_to_four_times_the_cores():
@@ -85,7 +85,7 @@ def test_watch_answers_names_the_answering_process_and_marks_no_answer_as_none()
     from labkit.apps import AppServer
     from labkit.measure import watch_answers, who_answers
 
-    with AppServer("labkit.apps:demo_app") as server:
+    with AppServer("labkit.demo:demo_app") as server:
         answers = asyncio.run(watch_answers(server.url + "/pid", seconds=0.3, interval=0.05))
         pid = server.pid
     assert len(answers) >= 3

@@ -30,7 +30,7 @@ from .checks import Fail, register
 
 __all__ = ["CPU_PATH", "IO_PATH", "IO_CLIENTS", "IO_WAIT", "SPEEDUP_SHARE", "IDEAL_SHARE", "judge_speedup"]
 
-APP = "labkit.apps:demo_app"
+APP = "labkit.demo:demo_app"
 
 #: The CPU-heavy request: tens of milliseconds of pure Python on the worker's own loop.
 CPU_PATH = "/primes?n=20000"

@@ -1,6 +1,6 @@
 """Checks of exercise 03: make a flaky service survive its crashes (lab 03, crash isolation).
 
-The service is :func:`labkit._demo_faulty.flaky_app`: its ``/render?doc=13`` segfaults the worker
+The service is :func:`labkit.demo.faulty.flaky_app`: its ``/render?doc=13`` segfaults the worker
 that serves it. The checks crash things for real and watch what survives:
 
 - ``ex03.survive_crashes``: the student's Cluster settings. The check starts that cluster, asks
@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from tornado.httpclient import AsyncHTTPClient
 
-from labkit._demo_faulty import CORRUPT_DOC, is_corrupt, render_document
+from labkit.demo.faulty import CORRUPT_DOC, is_corrupt, render_document
 from labkit._exits import signal_name
 from labkit.cluster import Cluster, WorkerState
 from labkit.errors import ConfigurationError, ServerStartError
@@ -41,7 +41,7 @@ from .checks import Fail, register
 __all__ = ["SERVICE", "BACK_WITHIN", "CRASHES"]
 
 #: The flaky document service the exercise is about.
-SERVICE = "labkit._demo_faulty:flaky_app"
+SERVICE = "labkit.demo.faulty:flaky_app"
 
 #: Seconds within which a crashed worker's slot must be serving again.
 BACK_WITHIN = 10.0

@@ -1,53 +1,4 @@
-"""One pool API over threads, processes and (Python 3.14+) interpreters: :class:`WorkerPool`.
-
-Picture a kitchen. Orders (tasks) go on a rail (the pending queue); one expediter (the dispatcher
-thread) hands each free cook (worker) exactly one order at a time and watches them all. If a cook
-collapses, only the dish in their hands is lost: the expediter reports it and calls in a new cook.
-If a dish takes too long, or the customer cancels it, the expediter sends that cook home and calls
-in a fresh one. This is Node's piscina or ``cluster`` idea, for Python functions.
-
-The process kind, who sends what to whom::
-
-    your threads                   dispatcher thread (one per pool)        worker processes
-    ────────────                   ────────────────────────────────        ────────────────
-    submit(fn, *args)
-      │ cloudpickle(fn, args, kwargs)
-      ▼
-    pending queue ── wake pipe ──▶ sleeps in connection.wait() on: the
-    (max_queue; on_full =          wake pipe, every worker's pipe, every
-     "wait" | "raise")             worker's process sentinel, and the
-                                   nearest task deadline
-                                        │
-                                        ├── task bytes ───── pipe 0 ──▶ worker 0: run one task,
-                                        │◀─ ready | result | raised ──  reply, wait for the next
-                                        │   (+ traceback text)
-                                        ├── task bytes ───── pipe 1 ──▶ worker 1: ...
-                                        │
-    future.result() ◀── set_result ─────┤
-      or raise error from               │
-      RemoteTraceback(worker's text)    │
-                                        ├── sentinel fires: it died ──▶ its task fails with
-                                        │                               WorkerCrashedError; a new
-                                        │                               worker takes the slot
-                                        ├── deadline passed, or ──────▶ SIGKILL that worker; its task
-                                        │   cancel() while running      fails with TaskTimeoutError
-                                        │                               or is cancelled; new worker
-                                        └── shutdown ──── b"" (stop) ─▶ each exits; join; kill what
-                                                                        lingers
-
-    Each worker ignores SIGINT (the parent decides what Ctrl-C means) and runs
-    labkit._lifeline.watch_parent(), so it exits when the pool's process dies.
-
-Only one task is in flight per worker: a worker gets its next task after it has replied. That
-costs one pipe round-trip per task (tens of microseconds), and buys exact failure semantics: a
-crash or a timeout loses exactly the one task that caused it, and a long task never holds short
-ones hostage behind it. For many tiny tasks, ``map(..., chunksize=n)`` sends n calls per trip.
-
-Functions and arguments travel with cloudpickle, so functions and lambdas defined in a notebook
-(module ``__main__``) work under every start method; importable functions go by name as usual.
-The thread kind runs tasks in this process (nothing pickled, nothing killable); the interpreter
-kind uses the standard library's ``InterpreterPoolExecutor``.
-"""
+"""The :class:`WorkerPool` executor a notebook holds; see :mod:`labkit.pool` for the picture."""
 
 from __future__ import annotations
 
@@ -64,7 +15,7 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from ._pool_base import (
+from ._base import (
     Percentiles,
     PoolClosedError,
     PoolStats,
@@ -82,10 +33,10 @@ from ._pool_base import (
     describe_exit,
     label,
 )
-from ._pool_progress import make_progress
-from ._pool_worker import run_chunk
-from .cores import safe_start_method, usable_cores
-from .errors import ConfigurationError
+from ._progress import make_progress
+from ._worker import run_chunk
+from ..cores import safe_start_method, usable_cores
+from ..errors import ConfigurationError
 
 __all__ = [
     "WorkerPool",
@@ -194,7 +145,7 @@ class WorkerPool(Executor):
         self._finalizer_lock = threading.Lock()
         if self._kind == "process":
             self._start_method = _check_start_method(start_method)
-            from ._pool_process import ProcessBackend
+            from ._process import ProcessBackend
 
             self._backend = ProcessBackend(
                 workers=self._workers,
@@ -208,7 +159,7 @@ class WorkerPool(Executor):
             if start_method is not None:
                 raise ConfigurationError(f"start_method applies to kind='process' only, not kind={kind!r}")
             self._start_method = None
-            from ._pool_threads import ExecutorBackend
+            from ._threads import ExecutorBackend
 
             self._backend = ExecutorBackend(
                 kind=self._kind, workers=self._workers, max_queue=max_queue, on_full=on_full,

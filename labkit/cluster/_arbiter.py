@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 
 from ._balance import Acceptor, bind_listener
-from ._cluster_state import (
+from ._state import (
     ClusterEvent,
     ClusterStats,
     RestartPolicy,
@@ -42,8 +42,8 @@ from ._cluster_state import (
     WorkerStats,
     diagnose,
 )
-from ._cluster_worker import WorkerSpec, run_worker
-from .errors import ServerStartError
+from ._worker import WorkerSpec, run_worker
+from ..errors import ServerStartError
 
 __all__ = ["Arbiter", "ArbiterConfig"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ._pool_base import (
+from ._base import (
     Percentiles,
     PoolClosedError,
     PoolStats,

@@ -26,7 +26,7 @@ from typing import Any
 
 import cloudpickle
 
-from ._lifeline import watch_parent
+from .._lifeline import watch_parent
 
 READY = "ready"
 RESULT = "result"

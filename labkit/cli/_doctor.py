@@ -14,7 +14,7 @@ import shutil
 import sys
 from importlib import metadata
 
-from .cores import measure_parallelism, usable_cores
+from ..cores import measure_parallelism, usable_cores
 
 PACKAGES = ("jupyterlab", "ipywidgets", "ipykernel", "tornado", "numpy", "psutil", "cryptography")
 

@@ -10,8 +10,9 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from . import _lifeline
-from ._exits import signal_name
+from .. import _lifeline
+from .._exits import signal_name
+from .._format import format_bytes, format_uptime
 
 __all__ = [
     "WorkerState",
@@ -144,8 +145,8 @@ class ClusterStats:
         rows = [header]
         for w in self.workers:
             rows.append((
-                str(w.id), str(w.pid or "-"), w.state.value, _format_uptime(w.uptime), str(w.restarts),
-                str(w.requests), f"{w.cpu_percent:.0f}%", _format_bytes(w.rss),
+                str(w.id), str(w.pid or "-"), w.state.value, format_uptime(w.uptime), str(w.restarts),
+                str(w.requests), f"{w.cpu_percent:.0f}%", format_bytes(w.rss),
             ))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         rule = "+".join("-" * (width + 2) for width in widths)
@@ -158,7 +159,7 @@ class ClusterStats:
         where = f"at {self.url}" if self.url else "(not running)"
         lines.append(
             f"{self.app} {where}: {self.ready}/{self.wanted} ready, balance {self.balance}, "
-            f"{self.requests} requests, {_format_bytes(self.rss)}"
+            f"{self.requests} requests, {format_bytes(self.rss)}"
         )
         errored = [w for w in self.workers if w.state is WorkerState.ERRORED]
         for w in errored:
@@ -272,20 +273,3 @@ def diagnose(exitcode: int | None, *, boot_error: str | None = None) -> str:
     if exitcode == 1:
         return "exited with status 1: an uncaught exception (its traceback is on the worker's stderr)"
     return f"exited with status {exitcode}: the app called sys.exit({exitcode}) or os._exit({exitcode})?"
-
-
-def _format_uptime(seconds: float) -> str:
-    if seconds <= 0:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _format_bytes(count: int) -> str:
-    if count <= 0:
-        return "-"
-    return f"{count / 2**20:.1f} MB"
-

@@ -22,7 +22,7 @@ import queue
 import signal
 import sys
 
-from .errors import ConfigurationError, LabkitError
+from ..errors import ConfigurationError, LabkitError
 
 __all__ = ["configure", "run"]
 
@@ -33,10 +33,10 @@ SETTLE_SECONDS = 0.3
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``labkit serve``."""
-    from ._balance import BALANCE_MODES
+    from ..cluster import BALANCE_MODES
 
     parser.add_argument("app", metavar="MODULE:APP", help="import string of a tornado app factory, "
-                        "e.g. labkit.apps:demo_app")
+                        "e.g. labkit.demo:demo_app")
     parser.add_argument("-w", "--workers", default="max",
                         help="'max' (one per usable core), -1 (all but one) or a count (default max)")
     parser.add_argument("--balance", choices=BALANCE_MODES, default="os",
@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal says stop; return the exit code."""
-    from .cluster import Cluster
+    from ..cluster import Cluster
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     tunables = {name: value for name, value in (("graceful_timeout", args.graceful_timeout),

@@ -12,7 +12,7 @@ import asyncio
 import re
 import sys
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["configure", "run", "parse_duration"]
 
@@ -60,7 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the load and print its report; exit 1 if the load could not run at all."""
-    from .load import DEFAULT_TIMEOUT, _drive
+    from ..load import DEFAULT_TIMEOUT, _drive
 
     duration = args.duration if args.duration is not None or args.requests is not None else 10.0
     timeout = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT

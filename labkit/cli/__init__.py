@@ -17,12 +17,12 @@ __all__ = ["main", "COMMANDS"]
 
 #: subcommand name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "doctor": ("labkit._doctor", "show this machine as the course sees it"),
-    "assign": ("labkit._cmd_assign", "regenerate student notebooks from the solutions"),
-    "serve": ("labkit._cmd_serve", "run an app in a cluster of worker processes, in the foreground"),
-    "load": ("labkit._cmd_load", "drive HTTP load at a URL and print the report"),
-    "check": ("labkit._cmd_check", "run exercise notebooks and show each part's verdict"),
-    "grade": ("labkit._cmd_grade", "grade students' notebooks in parallel and write the gradebook"),
+    "doctor": ("labkit.cli._doctor", "show this machine as the course sees it"),
+    "assign": ("labkit.cli._assign", "regenerate student notebooks from the solutions"),
+    "serve": ("labkit.cli._serve", "run an app in a cluster of worker processes, in the foreground"),
+    "load": ("labkit.cli._load", "drive HTTP load at a URL and print the report"),
+    "check": ("labkit.cli._check", "run exercise notebooks and show each part's verdict"),
+    "grade": ("labkit.cli._grade", "grade students' notebooks in parallel and write the gradebook"),
 }
 
 

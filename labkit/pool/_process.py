@@ -1,7 +1,7 @@
 """The process kind of :class:`labkit.pool.WorkerPool`: worker processes and their dispatcher.
 
 The picture, the message formats and the tunable constants are described in :mod:`labkit.pool`
-and :mod:`labkit._pool_worker`. Here is the machinery:
+and :mod:`labkit.pool._worker`. Here is the machinery:
 
 - ``submit`` (any thread) pickles the task, appends it to ``_pending`` and wakes the dispatcher.
 - The dispatcher thread owns the worker processes. Each turn of its loop it hands pending tasks to
@@ -28,8 +28,8 @@ from typing import Any
 
 import cloudpickle
 
-from . import _pool_worker as worker
-from ._pool_base import (
+from . import _worker as worker
+from ._base import (
     TRANSITIONS,
     Percentiles,
     PoolClosedError,
@@ -48,7 +48,7 @@ from ._pool_base import (
     describe_exit,
     settle,
 )
-from .errors import LabkitError
+from ..errors import LabkitError
 
 # Why a running task stopped early; the dispatcher leaves such a task's future alone.
 TIMED_OUT = "timed out"

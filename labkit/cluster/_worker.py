@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from . import _lifeline
+from .. import _lifeline
 from ._balance import bind_listener, receive_handoffs
-from ._cluster_state import BOOT_ERROR_EXIT
+from ._state import BOOT_ERROR_EXIT
 
 __all__ = ["WorkerSpec", "run_worker", "WORKER_ID_ENV"]
 
@@ -126,7 +126,7 @@ def _fresh_stream(fd: int, fallback):
 
 def _boot(spec: WorkerSpec, listener: socket.socket | None):
     """Build the app and the sockets it serves; raises whatever goes wrong."""
-    from .apps import load_app  # imported here: the primary never needs tornado for this
+    from ..apps import load_app  # imported here: the primary never needs tornado for this
 
     os.environ[WORKER_ID_ENV] = str(spec.worker_id)
     app = load_app(spec.app, **spec.options)
@@ -142,7 +142,7 @@ def _boot(spec: WorkerSpec, listener: socket.socket | None):
 
 
 def _report_boot_error(control: Connection, exc: BaseException) -> None:
-    from .errors import LabkitError
+    from ..errors import LabkitError
 
     text = str(exc) if isinstance(exc, LabkitError) else f"{type(exc).__name__}: {exc}"
     if isinstance(exc, OSError) and exc.errno is not None and "bind" not in text:

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["BALANCE_MODES", "check_balance", "bind_listener", "Acceptor", "receive_handoffs"]
 

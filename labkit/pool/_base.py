@@ -12,8 +12,8 @@ from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
 from dataclasses import dataclass
 
-from ._exits import signal_name
-from .errors import LabkitError
+from .._exits import signal_name
+from ..errors import LabkitError
 
 # --------------------------------------------------------------------------------------------
 # errors
@@ -255,7 +255,7 @@ def describe_exit(exitcode: int | None) -> str:
         if not name.startswith("SIG"):
             return f"killed by {name}"
         return _SIGNAL_DIAGNOSES.get(name, f"killed by {name} (signal {number})")
-    from ._lifeline import ORPHAN_EXIT_CODE
+    from .._lifeline import ORPHAN_EXIT_CODE
 
     if exitcode == ORPHAN_EXIT_CODE:
         return f"exited with code {exitcode}: it believed the pool's process had died"

@@ -1,52 +1,4 @@
-"""A prefork cluster: N worker processes serving one port, supervised from the calling process.
-
-This is Node.js's ``cluster`` module, or ``pm2 start app.js -i max``, in Python. One event loop
-uses one core; to use every core, run one loop per core, each in its own process::
-
-    primary process: a notebook kernel, or `labkit serve`
-    ┌──────────────────────────────────────────────────────────────────────────┐
-    │ Cluster (your thread) ── command queue ──▶ arbiter thread                │
-    │   stats(), events  ◀──── state, under a lock ── wait · reap · restart    │
-    │                                                heartbeat · diagnose      │
-    │ listening socket 127.0.0.1:port          acceptor thread (round-robin)   │
-    └──────┬────────────────────────────────────────────┬────────────┬─────────┘
-           │ os: every worker has a copy, all accept()  │ control    │ hand-off
-           │ reuseport: each worker binds its own       │ pipe       │ socketpair,
-           │   SO_REUSEPORT socket on the same port     │ (duplex)   │ one fd per
-           │ round-robin: only the acceptor accepts     │            │ connection
-           ▼                                            ▼            ▼
-    ┌──────────────────────────────────────┐   ┌──────────────────────────────┐
-    │ worker 1: own process, own asyncio   │   │ worker 2 ... worker N        │
-    │ loop, own copy of the app            │   │                              │
-    │   hears: ("stop", timeout)           │   │                              │
-    │   says:  ("ready", pid), ("beat", n) │   │                              │
-    └──────────────────────────────────────┘   └──────────────────────────────┘
-      a worker exits ─▶ its sentinel wakes the arbiter ─▶ reap, diagnose ("killed by
-      SIGKILL: out of memory, or killed by hand?"), restart after a backoff, or give up
-
-How sockets reach workers: each worker is a ``multiprocessing.Process`` whose arguments are its
-control ``Connection`` and, as the mode needs, the listening socket or its end of the hand-off
-socketpair. Under fork the child inherits them (and closes the primary's other descriptors);
-under spawn, ``multiprocessing`` pickles each one as a ``DupFd``, which hands the descriptor to
-the new interpreter at exec time: the socket is passed explicitly, never re-opened by name.
-
-Workers also watch the primary (:func:`labkit._lifeline.watch_parent`) and their control pipe, so
-a killed notebook kernel takes its workers with it.
-
-Which ``balance``? ``os`` is the simplest and the kernel's choice is often uneven: a worker that
-has just accepted tends to win again, and kept-alive connections stay where they landed.
-``reuseport`` spreads connections by a hash of the client's address (on Linux; macOS accepts the
-option but does not spread). ``round-robin`` is the evenest, but every connection passes through
-one thread of the primary, which shares its GIL with whatever the primary is doing (a notebook
-cell crunching numbers slows the accepting down).
-
-Which ``start_method``? ``fork`` starts a worker in milliseconds as a copy of the primary, but
-the primary runs threads (the supervisor's, and a notebook kernel's), and copying a threaded
-process is unsafe; ``spawn`` starts a fresh interpreter that imports the app (slower, safe, the only
-choice on Windows); ``forkserver`` forks from a clean helper process (fast and safe, the default
-where it exists). Under spawn, a script that makes a cluster must keep
-its top-level code under ``if __name__ == "__main__":``, since each worker imports it again.
-"""
+"""The :class:`Cluster` object a notebook or ``labkit serve`` holds; see :mod:`labkit.cluster`."""
 
 from __future__ import annotations
 
@@ -59,7 +11,7 @@ from functools import partial
 from ._arbiter import Arbiter, ArbiterConfig
 from ._balance import BALANCE_MODES, check_balance
 from ._by_value import factory_name, pickled_app
-from ._cluster_state import (
+from ._state import (
     ClusterEvent,
     ClusterStats,
     RestartPolicy,
@@ -67,9 +19,9 @@ from ._cluster_state import (
     WorkerStats,
     diagnose,
 )
-from ._cluster_worker import WORKER_ID_ENV
-from .cores import safe_start_method, usable_cores
-from .errors import ConfigurationError, ServerStartError
+from ._worker import WORKER_ID_ENV
+from ..cores import safe_start_method, usable_cores
+from ..errors import ConfigurationError, ServerStartError
 
 __all__ = [
     "Cluster",
@@ -185,7 +137,7 @@ class Cluster:
     Use it as a context manager; the block starts once every worker listens, and everything
     stops when it ends (also on error or Ctrl-C)::
 
-        with Cluster("labkit.apps:demo_app", workers="max") as cluster:
+        with Cluster("labkit.demo:demo_app", workers="max") as cluster:
             report = run_load(cluster.url + "/fast", duration=3)
             print(cluster.stats())
 
@@ -242,7 +194,7 @@ class Cluster:
             raise ConfigurationError(f"app must be 'module:factory' or a factory function; got {type(app).__name__}")
         module, sep, attr = app.partition(":")
         if not (module and sep and attr):
-            raise ConfigurationError(f"app must look like 'module:factory' (say 'labkit.apps:demo_app'); got {app!r}")
+            raise ConfigurationError(f"app must look like 'module:factory' (say 'labkit.demo:demo_app'); got {app!r}")
         check_balance(balance)
         if start_method is not None and start_method not in multiprocessing.get_all_start_methods():
             methods = ", ".join(multiprocessing.get_all_start_methods())

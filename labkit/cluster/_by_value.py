@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["BY_VALUE", "pickled_app", "app_by_value", "factory_name"]
 
 #: The import string every worker of a by-value app loads.
-BY_VALUE = "labkit._by_value:app_by_value"
+BY_VALUE = "labkit.cluster._by_value:app_by_value"
 
 # The option that carries the pickled factory; no app factory takes an argument of this name.
 _PAYLOAD = "_labkit_factory"
