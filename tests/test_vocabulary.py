@@ -1,0 +1,120 @@
+"""One vocabulary for pools and clusters: worker counts, start methods, states, remote tracebacks."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import pytest
+
+import labkit.cluster
+import labkit.cores
+from labkit import ConfigurationError, usable_cores
+from labkit.cores import START_METHOD_ENV, check_start_method, resolve_workers, safe_start_method
+
+# A subprocess, so that the variable is read the way a real run reads it: set before Python starts.
+SHOW_DEFAULTS = (
+    "from labkit import Cluster\n"
+    "from labkit.pool import WorkerPool\n"
+    "pool = WorkerPool('process', workers=1)\n"
+    "cluster = Cluster('labkit.demo:demo_app', workers=1)\n"
+    "print(pool.start_method, cluster.start_method)\n"
+    "pool.shutdown()\n"
+)
+
+
+def run_with_start_method_env(value: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != START_METHOD_ENV}
+    if value is not None:
+        env[START_METHOD_ENV] = value
+    return subprocess.run([sys.executable, "-c", SHOW_DEFAULTS], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+# --------------------------------------------------------------------------------------------
+# resolve_workers
+
+
+def test_the_cluster_pool_and_cores_share_one_resolve_workers():
+    from labkit.pool import _executor
+
+    assert labkit.cluster.resolve_workers is resolve_workers
+    assert _executor.resolve_workers is resolve_workers
+
+
+def test_max_minus_one_and_counts_resolve_the_same_from_numbers_and_strings():
+    usable = usable_cores().usable
+    assert resolve_workers("max") == resolve_workers(" MAX ") == usable
+    assert resolve_workers(-1) == resolve_workers("-1") == max(1, usable - 1)
+    assert resolve_workers(5) == resolve_workers("5") == 5
+
+
+@pytest.mark.parametrize("wrong", [0, -2, 1.5, True, None, "all", "", "2.5"])
+def test_anything_else_is_refused_with_one_message_that_lists_the_choices(wrong):
+    with pytest.raises(ConfigurationError, match=r"workers must be 'max', -1 or a positive integer") as caught:
+        resolve_workers(wrong)
+    assert repr(wrong) in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------
+# start methods
+
+
+def test_an_explicit_start_method_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv(START_METHOD_ENV, "spawn")
+    assert check_start_method("fork") == "fork"
+
+
+def test_without_argument_or_environment_the_safe_default_is_used(monkeypatch):
+    monkeypatch.delenv(START_METHOD_ENV, raising=False)
+    assert check_start_method() == safe_start_method() != "fork"
+    monkeypatch.setenv(START_METHOD_ENV, "  ")
+    assert check_start_method() == safe_start_method()
+
+
+def test_an_unknown_start_method_argument_names_what_the_platform_offers():
+    with pytest.raises(ConfigurationError, match="this platform offers") as caught:
+        check_start_method("teleport")
+    assert all(repr(m) in str(caught.value) for m in multiprocessing.get_all_start_methods())
+
+
+def test_a_bad_environment_value_names_the_variable_and_the_choices(monkeypatch):
+    monkeypatch.setenv(START_METHOD_ENV, "teleport")
+    with pytest.raises(ConfigurationError, match=f"{START_METHOD_ENV}='teleport'.*this platform offers"):
+        check_start_method()
+
+
+def test_a_start_method_this_platform_lacks_is_refused_from_the_environment(monkeypatch):
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setenv(START_METHOD_ENV, "fork")
+    with pytest.raises(ConfigurationError, match="LABKIT_START_METHOD='fork'"):
+        check_start_method()
+
+
+def test_the_environment_variable_is_documented_where_readers_look():
+    assert START_METHOD_ENV in labkit.cores.__doc__
+    assert START_METHOD_ENV in check_start_method.__doc__
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_the_environment_sets_the_default_of_pools_and_clusters_for_a_whole_run(method):
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"{method} is not available on this platform")
+    result = run_with_start_method_env(method)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [method, method]
+
+
+def test_without_the_environment_pools_and_clusters_default_to_the_safe_method():
+    result = run_with_start_method_env(None)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [safe_start_method()] * 2
+
+
+def test_a_run_with_a_bad_environment_value_fails_when_a_pool_is_made():
+    result = run_with_start_method_env("teleport")
+    assert result.returncode != 0
+    assert "ConfigurationError" in result.stderr and "LABKIT_START_METHOD='teleport'" in result.stderr
+
