@@ -118,3 +118,27 @@ def test_a_run_with_a_bad_environment_value_fails_when_a_pool_is_made():
     assert result.returncode != 0
     assert "ConfigurationError" in result.stderr and "LABKIT_START_METHOD='teleport'" in result.stderr
 
+
+
+# --------------------------------------------------------------------------------------------
+# remote tracebacks
+
+
+def test_pools_and_clusters_chain_one_remote_traceback_type():
+    from labkit.cluster import _cluster
+    from labkit.pool import RemoteTraceback
+
+    assert _cluster.RemoteTraceback is RemoteTraceback
+    assert RemoteTraceback.__module__ == "labkit.pool"
+    assert str(RemoteTraceback("Traceback ...\nValueError: x\n")) == "\n\nTraceback ...\nValueError: x"
+
+
+def test_a_worker_that_cannot_boot_sends_its_traceback_home_as_a_remote_traceback():
+    from labkit import Cluster, ServerStartError
+    from labkit.pool import RemoteTraceback
+
+    cluster = Cluster("no_such_module:app", workers=1, start_method="fork")
+    with pytest.raises(ServerStartError) as caught:
+        cluster.start()
+    assert isinstance(caught.value.__cause__, RemoteTraceback)
+    assert "ModuleNotFoundError" in caught.value.__cause__.text

@@ -20,6 +20,7 @@ from ._state import (
     diagnose,
 )
 from ._worker import WORKER_ID_ENV
+from .._exits import RemoteTraceback
 from ..cores import check_start_method, resolve_workers
 from ..errors import ConfigurationError, ServerStartError
 
@@ -283,7 +284,7 @@ class Cluster:
         failed = arbiter.failed_boot(ids)
         if failed is not None:
             raise ServerStartError(f"worker {failed.id} could not start {self.app!r}: {failed.boot_error}") \
-                from _RemoteTraceback(failed.boot_traceback or failed.boot_error or "")
+                from RemoteTraceback(failed.boot_traceback or failed.boot_error or "")
         if not settled:
             raise ServerStartError(f"the workers of {self.app!r} did not get ready within "
                                    f"startup_timeout={self.startup_timeout:g} s; raise it on a slow machine")
@@ -425,14 +426,3 @@ def _stop_at_exit(arbiter: Arbiter, timeout: float) -> None:
         arbiter.call(arbiter.shutdown, timeout)
         arbiter.wait_until(lambda: arbiter.finished, timeout + KILL_MARGIN + 5)
     arbiter.join(5)
-
-
-class _RemoteTraceback(Exception):
-    """A worker's traceback, carried over as text and chained to the error it explains."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return "\n" + self.text

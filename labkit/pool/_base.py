@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
 from dataclasses import dataclass
 
-from .._exits import signal_name
+from .._exits import RemoteTraceback, ending
 from ..errors import LabkitError
 
 # --------------------------------------------------------------------------------------------
@@ -62,24 +62,8 @@ class TaskExitError(LabkitError, RuntimeError):
     """
 
 
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker, as text.
-
-    The exception that comes back from a worker lost its traceback on the way (tracebacks do not
-    pickle). The pool attaches the worker's formatted traceback as the exception's ``__cause__``,
-    so a notebook shows both: where it failed in the worker, then where the result was asked for.
-    """
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return "\n\n" + self.text.rstrip("\n")
-
-
 for _cls in (WorkerCrashedError, TaskTimeoutError, QueueFullError, PoolClosedError,
-             WorkerStartError, TaskSerializationError, TaskExitError, RemoteTraceback):
+             WorkerStartError, TaskSerializationError, TaskExitError):
     _cls.__module__ = "labkit.pool"  # where users import them from; shows in tracebacks
 
 # --------------------------------------------------------------------------------------------
@@ -230,35 +214,28 @@ class PoolStats:
 # --------------------------------------------------------------------------------------------
 # exit statuses, read aloud
 
-_SIGNAL_DIAGNOSES = {
-    "SIGKILL": "killed by SIGKILL (signal 9): out of memory (the kernel's OOM killer), or killed by hand?",
-    "SIGSEGV": "segmentation fault (SIGSEGV, signal 11): a bug in native code (a C extension, ctypes)",
-    "SIGBUS": "bus error (SIGBUS): often a full /dev/shm, or a file that shrank under a memory map",
-    "SIGABRT": "aborted (SIGABRT): native code called abort(), e.g. a failed assertion or a double free",
-    "SIGFPE": "arithmetic fault (SIGFPE): an integer division by zero in native code",
-    "SIGILL": "illegal instruction (SIGILL): native code built for a different CPU",
-    "SIGTERM": "terminated by SIGTERM (signal 15): stopped by another program or a process manager",
-}
-
-
 def describe_exit(exitcode: int | None) -> str:
-    """Turn a ``multiprocessing`` exit code into words and a likely cause.
+    """Turn a ``multiprocessing`` exit code into words and a likely cause (see :mod:`labkit._exits`).
 
     >>> describe_exit(-9)
-    "killed by SIGKILL (signal 9): out of memory (the kernel's OOM killer), or killed by hand?"
+    "killed by SIGKILL (signal 9): out of memory (the kernel's OOM killer; see dmesg), or killed by hand?"
+    >>> describe_exit(-11)
+    'segmentation fault (SIGSEGV, signal 11): a bug in native code (a C extension, ctypes)'
     """
-    if exitcode is None:
+    end = ending(exitcode)
+    if end.exitcode is None:
         return "vanished without an exit status"
-    if exitcode < 0:
-        number = -exitcode
-        name = signal_name(number)
-        if not name.startswith("SIG"):
-            return f"killed by {name}"
-        return _SIGNAL_DIAGNOSES.get(name, f"killed by {name} (signal {number})")
-    from .._lifeline import ORPHAN_EXIT_CODE
-
-    if exitcode == ORPHAN_EXIT_CODE:
+    if end.signal is not None:
+        meaning = end.signal
+        if not meaning.name.startswith("SIG"):
+            return f"killed by {meaning.name}"  # a number without a name: nothing more is known
+        if meaning.sent:
+            return f"killed by {meaning.name} (signal {meaning.number}): {meaning.cause}"
+        return f"{meaning.event} ({meaning.name}, signal {meaning.number}): {meaning.cause}"
+    if end.orphaned:
         return f"exited with code {exitcode}: it believed the pool's process had died"
+    # A task's own exceptions, sys.exit() included, come back as errors: only os._exit() or
+    # native code can end a worker with a status.
     return f"exited with code {exitcode} via os._exit or sys.exit in a C extension"
 
 
