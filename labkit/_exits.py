@@ -17,17 +17,21 @@ the process's own code faulted (``sent``), the likely cause for whoever runs the
 (``plainly``). A signal missing from the table still gets a meaning: "sent by another process or
 the kernel".
 
-Also here, because pools and clusters share it: :class:`RemoteTraceback` (a worker's traceback,
-carried home as text).
+Also here, because pools and clusters share them: :class:`RemoteTraceback` (a worker's traceback,
+carried home as text) and :class:`Lifecycle` (an enum's legal moves, and the one error for an
+illegal one).
 """
 
 from __future__ import annotations
 
+import enum
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from ._lifeline import ORPHAN_EXIT_CODE
+from .errors import LabkitError
 
 __all__ = [
     "signal_name",
@@ -38,6 +42,8 @@ __all__ = [
     "ending",
     "ORPHAN_EXIT_CODE",
     "RemoteTraceback",
+    "IllegalMoveError",
+    "Lifecycle",
 ]
 
 
@@ -191,3 +197,56 @@ class RemoteTraceback(Exception):
 
 
 RemoteTraceback.__module__ = "labkit.pool"  # where users import it from; shows in tracebacks
+
+
+# --------------------------------------------------------------------------------------------
+# lifecycles
+
+
+class IllegalMoveError(LabkitError, RuntimeError):
+    """A worker was moved between two states its lifecycle does not connect: a bug in labkit.
+
+    Please report it with the message; the supervisor that raised it cannot trust its own
+    bookkeeping any more.
+    """
+
+
+State = TypeVar("State", bound=enum.Enum)
+
+
+class Lifecycle(Generic[State]):
+    """The legal moves between the states of one enum, checked on every move.
+
+    Like a board game's rules: the table says where a piece may go from each square, and
+    :meth:`move` refuses every other move with :class:`IllegalMoveError`. The pool's and the
+    cluster's workers each have a lifecycle of their own states; both are checked the same way.
+
+    Args:
+        moves: for every member of the enum, the states it may move to (an end state maps to
+            nothing). A member left out is a mistake in the table and is refused here.
+    """
+
+    def __init__(self, moves: Mapping[State, Iterable[State]]) -> None:
+        table = {state: frozenset(targets) for state, targets in moves.items()}
+        if not table:
+            raise ValueError("a lifecycle needs at least one state")
+        members = set(type(next(iter(table))))
+        missing = members - table.keys()
+        if missing:
+            raise ValueError(f"the lifecycle does not say where these states may go: {sorted(m.name for m in missing)}")
+        self.table: Mapping[State, frozenset[State]] = table
+
+    def allows(self, old: State, new: State) -> bool:
+        """Whether a worker in state ``old`` may move to ``new``."""
+        return new in self.table[old]
+
+    def move(self, old: State, new: State, who: str) -> State:
+        """Return ``new`` if ``old -> new`` is legal; else raise :class:`IllegalMoveError` naming ``who``."""
+        if not self.allows(old, new):
+            raise IllegalMoveError(f"{who}: {old.value} -> {new.value} is not a legal move")
+        return new
+
+    def __repr__(self) -> str:
+        moves = "; ".join(f"{old.value} -> {', '.join(sorted(n.value for n in new)) or '(end)'}"
+                          for old, new in self.table.items())
+        return f"<Lifecycle {moves}>"

@@ -142,3 +142,60 @@ def test_a_worker_that_cannot_boot_sends_its_traceback_home_as_a_remote_tracebac
         cluster.start()
     assert isinstance(caught.value.__cause__, RemoteTraceback)
     assert "ModuleNotFoundError" in caught.value.__cause__.text
+
+
+# --------------------------------------------------------------------------------------------
+# lifecycles
+
+
+def test_pools_and_clusters_check_their_workers_moves_with_one_helper():
+    from labkit._exits import Lifecycle
+    from labkit.cluster import _state
+    from labkit.pool import _base
+
+    assert isinstance(_base.LIFECYCLE, Lifecycle) and isinstance(_state.LIFECYCLE, Lifecycle)
+
+
+def test_an_illegal_move_is_a_labkit_error_and_a_runtime_error_in_both():
+    from labkit._exits import IllegalMoveError
+    from labkit.cluster import WorkerState as ClusterState
+    from labkit.cluster._state import LIFECYCLE as CLUSTER
+    from labkit.errors import LabkitError
+    from labkit.pool import WorkerState as PoolState
+    from labkit.pool._process import _Slot
+
+    assert issubclass(IllegalMoveError, LabkitError) and issubclass(IllegalMoveError, RuntimeError)
+    slot = _Slot(4)
+    with pytest.raises(IllegalMoveError, match="worker slot 4: new -> busy is not a legal move"):
+        slot.move(PoolState.BUSY)
+    slot.move(PoolState.STARTING)
+    assert slot.state is PoolState.STARTING
+    with pytest.raises(IllegalMoveError, match="worker 2: ready -> starting"):
+        CLUSTER.move(ClusterState.READY, ClusterState.STARTING, "worker 2")
+    assert CLUSTER.move(ClusterState.READY, ClusterState.STOPPING, "worker 2") is ClusterState.STOPPING
+
+
+def test_a_lifecycle_that_forgets_a_state_is_refused():
+    import enum
+
+    from labkit._exits import Lifecycle
+
+    class Light(enum.Enum):
+        RED = "red"
+        GREEN = "green"
+        AMBER = "amber"
+
+    with pytest.raises(ValueError, match="AMBER"):
+        Lifecycle({Light.RED: {Light.GREEN}, Light.GREEN: {Light.RED}})
+    lights = Lifecycle({Light.RED: {Light.GREEN}, Light.GREEN: {Light.AMBER}, Light.AMBER: {Light.RED}})
+    assert lights.allows(Light.RED, Light.GREEN) and not lights.allows(Light.RED, Light.AMBER)
+
+
+def test_thread_and_process_slots_count_tasks_the_same_way():
+    from labkit.pool import WorkerPool
+
+    for kind in ("thread", "process"):
+        with WorkerPool(kind, workers=1) as pool:
+            assert list(pool.map(abs, [-1, -2, -3])) == [1, 2, 3]
+            (worker,) = pool.stats().workers
+        assert worker.tasks == 3 and worker.busy_seconds > 0 and worker.slot == 0

@@ -10,7 +10,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from .._exits import ending
+from .._exits import Lifecycle, ending
 from .._format import format_bytes, format_uptime
 
 __all__ = [
@@ -49,7 +49,7 @@ class WorkerState(enum.Enum):
 
     def can_become(self, other: WorkerState) -> bool:
         """Whether a worker in this state may move to ``other``."""
-        return other in _TRANSITIONS[self]
+        return LIFECYCLE.allows(self, other)
 
     @property
     def alive(self) -> bool:
@@ -57,13 +57,15 @@ class WorkerState(enum.Enum):
         return self in (WorkerState.STARTING, WorkerState.READY, WorkerState.STOPPING)
 
 
-_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.READY: frozenset({WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.STOPPING: frozenset({WorkerState.EXITED}),
-    WorkerState.EXITED: frozenset({WorkerState.ERRORED}),
-    WorkerState.ERRORED: frozenset(),
-}
+#: The legal moves between states; an illegal move raises :class:`labkit._exits.IllegalMoveError`
+#: (the pool's worker slots use the same helper).
+LIFECYCLE: Lifecycle[WorkerState] = Lifecycle({
+    WorkerState.STARTING: {WorkerState.READY, WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.READY: {WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.STOPPING: {WorkerState.EXITED},
+    WorkerState.EXITED: {WorkerState.ERRORED},
+    WorkerState.ERRORED: set(),
+})
 
 
 @dataclass(frozen=True)

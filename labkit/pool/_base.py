@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
 from dataclasses import dataclass
 
-from .._exits import RemoteTraceback, ending
+from .._exits import Lifecycle, RemoteTraceback, ending
 from ..errors import LabkitError
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ class Tuning:
 
 
 class WorkerState(str, enum.Enum):
-    """Where one worker slot is in its life. Transitions are listed in ``TRANSITIONS``."""
+    """Where one worker slot is in its life. The legal moves are in :data:`LIFECYCLE`."""
 
     NEW = "new"  # never started
     STARTING = "starting"  # process started, has not said "ready" yet
@@ -94,15 +94,18 @@ class WorkerState(str, enum.Enum):
         return self.value
 
 
-#: The legal moves between states; anything else is a bug in the dispatcher.
-TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    WorkerState.NEW: frozenset({WorkerState.STARTING}),
-    WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.STOPPING: frozenset({WorkerState.EXITED}),
-    WorkerState.EXITED: frozenset({WorkerState.STARTING}),
-}
+#: The legal moves between states; anything else is a bug in the dispatcher, and moving a slot
+#: there raises :class:`labkit._exits.IllegalMoveError` (the cluster's workers use the same helper).
+LIFECYCLE: Lifecycle[WorkerState] = Lifecycle({
+    WorkerState.NEW: {WorkerState.STARTING},
+    WorkerState.STARTING: {WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.IDLE: {WorkerState.BUSY, WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.BUSY: {WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.STOPPING: {WorkerState.EXITED},
+    WorkerState.EXITED: {WorkerState.STARTING},
+})
+#: The same table as a plain mapping, for readers of older code.
+TRANSITIONS = LIFECYCLE.table
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,31 @@ class WorkerStats:
     busy_seconds: float
     restarts: int
     name: str = ""
+
+
+class SlotTally:
+    """What every worker slot of a pool counts, whatever runs in it (a process or a thread).
+
+    A slot outlives its workers: a replacement process takes the same slot and adds to the same
+    counts. :meth:`record` turns the counts into the public :class:`WorkerStats`.
+    """
+
+    def __init__(self, index: int, name: str = "") -> None:
+        self.index = index
+        self.name = name
+        self.tasks = 0
+        self.busy_seconds = 0.0
+        self.restarts = 0
+
+    def count_task(self, seconds: float) -> None:
+        """One task ran to its end (a result or an exception) in ``seconds``."""
+        self.tasks += 1
+        self.busy_seconds += seconds
+
+    def record(self, pid: int | None, state: WorkerState) -> WorkerStats:
+        """A frozen :class:`WorkerStats` of this slot, with the given process id and state."""
+        return WorkerStats(slot=self.index, pid=pid, state=state, tasks=self.tasks,
+                           busy_seconds=self.busy_seconds, restarts=self.restarts, name=self.name)
 
 
 @dataclass(frozen=True)

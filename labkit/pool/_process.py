@@ -30,12 +30,13 @@ import cloudpickle
 
 from . import _worker as worker
 from ._base import (
-    TRANSITIONS,
+    LIFECYCLE,
     Percentiles,
     PoolClosedError,
     PoolStats,
     QueueFullError,
     RemoteTraceback,
+    SlotTally,
     TaskExitError,
     TaskFuture,
     TaskSerializationError,
@@ -44,7 +45,6 @@ from ._base import (
     WorkerCrashedError,
     WorkerStartError,
     WorkerState,
-    WorkerStats,
     describe_exit,
     settle,
 )
@@ -76,25 +76,21 @@ class _Task:
         self.forgotten = False  # counted as cancelled while pending
 
 
-class _Slot:
+class _Slot(SlotTally):
     """A place for one worker process; a replacement takes the same slot and keeps its counts."""
 
     def __init__(self, index: int) -> None:
-        self.index = index
+        super().__init__(index)
         self.state = WorkerState.NEW
         self.process = None
         self.conn: Connection | None = None
         self.conn_open = False
         self.pid: int | None = None
         self.task: _Task | None = None
-        self.tasks = 0
-        self.busy_seconds = 0.0
-        self.restarts = 0
 
     def move(self, new: WorkerState) -> None:
-        if new not in TRANSITIONS[self.state]:
-            raise AssertionError(f"worker slot {self.index}: {self.state} -> {new} is not a legal move")
-        self.state = new
+        """Move to ``new``; an illegal move raises :class:`labkit._exits.IllegalMoveError`."""
+        self.state = LIFECYCLE.move(self.state, new, f"worker slot {self.index}")
 
 
 class ProcessBackend:
@@ -227,11 +223,7 @@ class ProcessBackend:
 
     def stats(self) -> PoolStats:
         with self._lock:
-            workers = tuple(
-                WorkerStats(slot=s.index, pid=s.pid, state=s.state, tasks=s.tasks,
-                            busy_seconds=s.busy_seconds, restarts=s.restarts)
-                for s in self._slots
-            )
+            workers = tuple(s.record(s.pid, s.state) for s in self._slots)
             waits, runs = list(self._waits), list(self._runs)
             pending = self._pending_count()
             running = self._running_count()
@@ -467,8 +459,7 @@ class ProcessBackend:
             slot.task = None
             slot.move(WorkerState.IDLE)
             run = now - task.started
-            slot.tasks += 1
-            slot.busy_seconds += run
+            slot.count_task(run)
             self._waits.append(task.started - task.submitted)
             self._runs.append(run)
             if message[0] == worker.RESULT:
@@ -570,7 +561,7 @@ class ProcessBackend:
         slots = [slot for slot in self._slots if slot.process is not None]
         with self._lock:
             for slot in slots:
-                if WorkerState.STOPPING in TRANSITIONS[slot.state]:
+                if LIFECYCLE.allows(slot.state, WorkerState.STOPPING):
                     slot.move(WorkerState.STOPPING)
         for slot in slots:
             if slot.conn_open:

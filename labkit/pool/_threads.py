@@ -23,19 +23,18 @@ from ._base import (
     PoolClosedError,
     PoolStats,
     QueueFullError,
+    SlotTally,
     Tuning,
     WorkerState,
-    WorkerStats,
 )
 
 
-class _ThreadSlot:
+class _ThreadSlot(SlotTally):
+    """One thread of the executor, found when it first runs a task; threads are never replaced."""
+
     def __init__(self, index: int, name: str) -> None:
-        self.index = index
-        self.name = name
+        super().__init__(index, name)
         self.busy = False
-        self.tasks = 0
-        self.busy_seconds = 0.0
 
 
 class ExecutorBackend:
@@ -130,8 +129,7 @@ class ExecutorBackend:
             with self._lock:
                 self._running -= 1
                 slot.busy = False
-                slot.tasks += 1
-                slot.busy_seconds += ended - started
+                slot.count_task(ended - started)
                 self._waits.append(started - submitted)
                 self._runs.append(ended - started)
 
@@ -171,11 +169,8 @@ class ExecutorBackend:
     def stats(self) -> PoolStats:
         with self._lock:
             pid = os.getpid()
-            workers = tuple(
-                WorkerStats(slot=s.index, pid=pid, state=WorkerState.BUSY if s.busy else WorkerState.IDLE,
-                            tasks=s.tasks, busy_seconds=s.busy_seconds, restarts=0, name=s.name)
-                for s in sorted(self._slots.values(), key=lambda s: s.index)
-            )
+            workers = tuple(s.record(pid, WorkerState.BUSY if s.busy else WorkerState.IDLE)
+                            for s in sorted(self._slots.values(), key=lambda s: s.index))
             waits, runs = list(self._waits), list(self._runs)
             pending, running = (self._queued, self._running) if self._timed else (
                 self._pending(), min(self._outstanding, self.workers))
