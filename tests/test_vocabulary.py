@@ -199,3 +199,107 @@ def test_thread_and_process_slots_count_tasks_the_same_way():
             assert list(pool.map(abs, [-1, -2, -3])) == [1, 2, 3]
             (worker,) = pool.stats().workers
         assert worker.tasks == 3 and worker.busy_seconds > 0 and worker.slot == 0
+
+
+# --------------------------------------------------------------------------------------------
+# backends and admission
+
+
+def test_both_backends_are_pool_backends():
+    from labkit.pool import WorkerPool
+    from labkit.pool._base import PoolBackend
+
+    for kind in ("thread", "process"):
+        pool = WorkerPool(kind, workers=1)
+        assert isinstance(pool._backend, PoolBackend), kind
+        pool.shutdown()
+
+
+def test_a_closed_pool_refuses_work_in_the_same_words_whatever_its_kind():
+    from labkit.pool import PoolClosedError, WorkerPool
+
+    messages = set()
+    for kind in ("thread", "process"):
+        pool = WorkerPool(kind, workers=1)
+        pool.shutdown()
+        with pytest.raises(PoolClosedError) as caught:
+            pool.submit(abs, -1)
+        messages.add(str(caught.value))
+    assert len(messages) == 1
+
+
+class _Queue:
+    """The smallest backend-like object over QueueLimit: a list as its queue."""
+
+    def __init__(self, max_queue: int | None) -> None:
+        import threading
+
+        from labkit.pool._base import QueueLimit
+
+        class Limited(QueueLimit):
+            closed = False
+
+            def __init__(self) -> None:
+                self.lock = threading.Lock()
+                self._room = threading.Condition(self.lock)
+                self._max_queue = max_queue
+                self.items: list[int] = []
+                self.own_thread: threading.Thread | None = None
+
+            def _pending_count(self) -> int:
+                return len(self.items)
+
+            def _in_pool_thread(self) -> bool:
+                return threading.current_thread() is self.own_thread
+
+        self.limited = Limited()
+
+    def add(self, item: int, block: bool) -> None:
+        with self.limited.lock:
+            self.limited._admit(block)
+            self.limited.items.append(item)
+
+    def take(self) -> None:
+        with self.limited.lock:
+            self.limited.items.pop(0)
+            self.limited._room.notify_all()
+
+
+def test_a_full_queue_refuses_when_told_not_to_wait():
+    from labkit.pool import QueueFullError
+
+    queue = _Queue(max_queue=1)
+    queue.add(1, block=False)
+    with pytest.raises(QueueFullError, match=r"1 tasks wait for a worker \(max_queue=1\)"):
+        queue.add(2, block=False)
+
+
+def test_a_full_queue_makes_a_waiting_submitter_wait_until_there_is_room():
+    import threading
+
+    queue = _Queue(max_queue=1)
+    queue.add(1, block=True)
+    added = threading.Event()
+    submitter = threading.Thread(target=lambda: (queue.add(2, block=True), added.set()))
+    submitter.start()
+    assert not added.wait(0.2)  # still waiting for room
+    queue.take()
+    assert added.wait(10)
+    submitter.join(10)
+    assert queue.limited.items == [2]
+
+
+def test_the_pools_own_thread_is_never_made_to_wait_for_room():
+    import threading
+
+    queue = _Queue(max_queue=1)
+    queue.add(1, block=True)
+
+    def from_inside() -> None:
+        queue.limited.own_thread = threading.current_thread()
+        queue.add(2, block=True)
+
+    inside = threading.Thread(target=from_inside)
+    inside.start()
+    inside.join(10)
+    assert not inside.is_alive() and queue.limited.items == [1, 2]

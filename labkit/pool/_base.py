@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from .._exits import Lifecycle, RemoteTraceback, ending
 from ..errors import LabkitError
@@ -268,6 +270,111 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# what a backend is, and the queue limit every backend applies
+
+
+@runtime_checkable
+class PoolBackend(Protocol):
+    """What :class:`~labkit.pool.WorkerPool` needs from the machinery that runs its tasks.
+
+    ``WorkerPool`` checks arguments, owns the finalizer and the exit hook, and turns ``map`` into
+    submissions; everything that depends on *where* tasks run is a backend's job: the process
+    backend (``_process.ProcessBackend``) and the executor backend for threads and interpreters
+    (``_threads.ExecutorBackend``). A new kind of worker needs only a class with these members.
+    """
+
+    #: ``"process"``, ``"thread"`` or ``"interpreter"``.
+    kind: str
+    #: How many workers it runs.
+    workers: int
+
+    @property
+    def closed(self) -> bool:
+        """Whether it accepts no more work."""
+        ...
+
+    def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, *, name: str,
+               timeout: float | None, block: bool, origin: Callable[..., Any] | None = None) -> Future:
+        """Queue ``fn(*args, **kwargs)``; ``name`` is how messages call it; ``block`` waits for room."""
+        ...
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Accept no more work, finish (or cancel) what is queued, then stop the workers."""
+        ...
+
+    def terminate(self) -> None:
+        """Stop now: cancel what is queued, stop what runs where that is possible."""
+        ...
+
+    def counts(self) -> tuple[int, int]:
+        """(pending, running) tasks right now."""
+        ...
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of the workers and the task counts."""
+        ...
+
+
+class QueueLimit:
+    """Admission to a pool's queue, written once for every backend (``max_queue``, ``on_full``).
+
+    A backend that inherits it sets ``_max_queue`` and ``_room`` (a ``threading.Condition`` on
+    the lock that guards its queue, notified whenever the queue shrinks or the pool closes), and
+    says how many tasks wait (:meth:`_pending_count`) and whether the calling thread belongs to the
+    pool (:meth:`_in_pool_thread`).
+    """
+
+    _max_queue: int | None
+    _room: threading.Condition
+
+    @property
+    def closed(self) -> bool:
+        """Whether the pool accepts no more work."""
+        raise NotImplementedError
+
+    def _pending_count(self) -> int:
+        raise NotImplementedError
+
+    def _in_pool_thread(self) -> bool:
+        raise NotImplementedError
+
+    def _refusal(self) -> BaseException | None:
+        """Why no task may be admitted at all right now, or ``None``."""
+        if self.closed:
+            return PoolClosedError(
+                "this WorkerPool is shut down and takes no more work; create a new one, or "
+                "use `with WorkerPool() as pool:` to tie a pool's life to a block"
+            )
+        return None
+
+    def _admit(self, block: bool) -> None:
+        """Return once a task may join the queue, or raise why not. The caller holds the lock."""
+        while True:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
+            if self._max_queue is None or self._pending_count() < self._max_queue:
+                return
+            if self._in_pool_thread():
+                return  # a task or done-callback of this pool: waiting could stop what makes room
+            if not block:
+                raise QueueFullError(
+                    f"the pool's queue is full: {self._pending_count()} tasks wait for a worker "
+                    f"(max_queue={self._max_queue}). Collect some results before submitting more, "
+                    "raise max_queue, or create the pool with on_full='wait' to block until there is room."
+                )
+            self._room.wait()
+
+
+class _CancelsTasks(Protocol):
+    """What a :class:`TaskFuture` asks of the backend that runs its task."""
+
+    def forget_pending(self, task: Any) -> None: ...
+
+    def stop_running(self, task: Any) -> bool: ...
+
+
+# --------------------------------------------------------------------------------------------
 # futures that can be cancelled while running
 
 
@@ -280,7 +387,7 @@ class TaskFuture(Future):
     the task has finished.
     """
 
-    def __init__(self, backend, task) -> None:
+    def __init__(self, backend: _CancelsTasks, task: Any) -> None:
         super().__init__()
         self._backend = backend
         self._task = task

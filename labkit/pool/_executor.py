@@ -17,6 +17,7 @@ import cloudpickle
 
 from ._base import (
     Percentiles,
+    PoolBackend,
     PoolClosedError,
     PoolStats,
     QueueFullError,
@@ -145,6 +146,7 @@ class WorkerPool(Executor):
         self._timeout = self._check_timeout(timeout, "timeout")
         self._finalizer: weakref.finalize | None = None
         self._finalizer_lock = threading.Lock()
+        self._backend: PoolBackend
         if self._kind == "process":
             self._start_method = check_start_method(start_method)
             from ._process import ProcessBackend
@@ -396,7 +398,7 @@ def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple)
         raise TaskSerializationError(f"cannot send the initializer to worker processes: {exc}") from exc
 
 
-def _shut_down_quietly(backend) -> None:
+def _shut_down_quietly(backend: PoolBackend) -> None:
     """The finalizer of a pool collected without shutdown: finish its work, then stop workers."""
     backend.shutdown(wait=False)
 
@@ -410,7 +412,7 @@ _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
 
 
-def _track(backend) -> None:
+def _track(backend: PoolBackend) -> None:
     global _exit_hook_registered
     with _exit_hook_lock:
         _live_backends.add(backend)

@@ -32,9 +32,8 @@ from . import _worker as worker
 from ._base import (
     LIFECYCLE,
     Percentiles,
-    PoolClosedError,
     PoolStats,
-    QueueFullError,
+    QueueLimit,
     RemoteTraceback,
     SlotTally,
     TaskExitError,
@@ -93,7 +92,7 @@ class _Slot(SlotTally):
         self.state = LIFECYCLE.move(self.state, new, f"worker slot {self.index}")
 
 
-class ProcessBackend:
+class ProcessBackend(QueueLimit):
     """Worker processes fed one task at a time by a dispatcher thread (see :mod:`labkit.pool`)."""
 
     kind = "process"
@@ -241,26 +240,15 @@ class ProcessBackend:
     def _running_count(self) -> int:
         return sum(s.task is not None and s.task.stop_reason is None for s in self._slots)
 
-    def _admit(self, block: bool) -> None:
-        while True:
-            if self._broken is not None:
-                raise WorkerStartError(str(self._broken)) from self._broken.__cause__
-            if self._closing:
-                raise PoolClosedError(
-                    "this WorkerPool is shut down and takes no more work; create a new one, or "
-                    "use `with WorkerPool() as pool:` to tie a pool's life to a block"
-                )
-            if self._max_queue is None or self._pending_count() < self._max_queue:
-                return
-            if threading.current_thread() is self._dispatcher:
-                return  # a done-callback submitting: waiting here would stop what makes room
-            if not block:
-                raise QueueFullError(
-                    f"the pool's queue is full: {self._pending_count()} tasks wait for a worker "
-                    f"(max_queue={self._max_queue}). Collect some results before submitting more, "
-                    "raise max_queue, or create the pool with on_full='wait' to block until there is room."
-                )
-            self._room.wait()
+    def _refusal(self) -> BaseException | None:
+        if self._broken is not None:  # checked first: a broken pool is closed too, and says why
+            error = WorkerStartError(str(self._broken))
+            error.__cause__ = self._broken.__cause__
+            return error
+        return super()._refusal()
+
+    def _in_pool_thread(self) -> bool:
+        return threading.current_thread() is self._dispatcher
 
     def _next_task(self) -> _Task | None:
         """Pop the next task that still wants to run; drop cancelled ones on the way."""
