@@ -1,6 +1,10 @@
-"""The vocabulary shared by the pool's backends: errors, stats records, worker states, futures.
+"""The vocabulary shared by the pool's backends: errors, stats records, worker states, futures,
+what a backend is (:class:`PoolBackend`) and the queue limit every backend applies (:class:`QueueLimit`).
 
-Everything public here is re-exported by :mod:`labkit.pool`, which is where readers should look.
+The names a pool's user meets are re-exported by :mod:`labkit.pool`, which is where readers should
+look; :class:`PoolBackend`, :class:`QueueLimit` and :class:`SlotTally` are for writing backends.
+How a process ended, remote tracebacks and the lifecycle helper are shared with the cluster and
+live in :mod:`labkit._exits`.
 """
 
 from __future__ import annotations
