@@ -5,11 +5,14 @@ cluster (in its event log and stats table) and the grader (to a student whose ke
 speak to different readers, so each phrases its own sentence; what a signal or an exit status
 *means* is written here, once:
 
-    multiprocessing exit code     ending(code)                     phrased by
-    ─────────────────────────     ────────────────────────────     ─────────────────────────────
-    None (no status yet / lost)   Ending(exitcode=None)            pool.describe_exit
-    -11                           Ending(signal=SIGNALS[SIGSEGV])  cluster.diagnose
-    3, 77, ...                    Ending(status=3)                 grading's describe_exit
+    exit code, as multiprocessing gives it
+        │
+        ▼  ending(code)
+    Ending: no status (None) │ killed by a signal (SignalMeaning) │ exited with a status
+        │
+        ├──▶ labkit.pool.describe_exit     "segmentation fault (SIGSEGV, signal 11): a bug in ..."
+        ├──▶ labkit.cluster.diagnose       "killed by SIGKILL: out of memory (...), or killed by hand?"
+        └──▶ grading's describe_exit       "the kernel was killed (SIGKILL; the usual cause is ...)"
 
 For each signal, :data:`SIGNALS` records what happened (``event``), whether someone sent it or
 the process's own code faulted (``sent``), the likely cause for whoever runs the program

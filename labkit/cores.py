@@ -131,6 +131,9 @@ def default_start_method() -> str:
 def safe_start_method() -> str:
     """The start method labkit's pools and clusters use unless told otherwise: never ``fork``.
 
+    "Told otherwise" is a ``start_method=`` argument or ``LABKIT_START_METHOD`` (see
+    :func:`check_start_method`).
+
     ``forkserver`` where the platform has it, else ``spawn``. A forked child is a copy of a parent
     that runs threads (every Jupyter kernel does, and so do labkit's own supervisors), and a copy
     can deadlock on a lock one of those threads held at the moment of the fork; Python 3.12 warns
