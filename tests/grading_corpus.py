@@ -30,7 +30,7 @@ RESULT_MIME = "application/vnd.labkit.check+json"
 
 #: Every student of the corpus, so tests can be parametrized before the corpus is written.
 STUDENTS = ("alice", "bob", "carol", "dan", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
-            "mallory", "oscar", "peggy", "sybil", "trent", "walter")
+            "mallory", "oscar", "peggy", "sybil", "trent", "uma", "victor", "walter", "wendy")
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,40 @@ def agreeable_answers():
     return nb
 
 
+BLOCKING_LOGIN = "return labkit.hash_password(password, SALT, COST)"
+BLOCKING_REPORT = "return labkit.count_primes(limit)"
+
+
+def blocking():
+    """Both handlers compute on the loop, as in the exercise's "today's version"."""
+    return _replace(_replace(solution(), LOGIN, BLOCKING_LOGIN), REPORT, BLOCKING_REPORT)
+
+
+def patched_constants():
+    """Blocking code, and the check's thresholds set so high that blocking looks fine."""
+    nb = blocking()
+    patch = nbformat.v4.new_code_cell(
+        "import labkit.grading.ex01 as _ex01\n_ex01.BLOCKED_SHARE = _ex01.IN_PROCESS_SHARE = 1e9")
+    nb.cells.insert(_cell_index(nb, LOGIN_DEF), patch)
+    return nb
+
+
+def patched_class():
+    """Blocking code, and the probe's timeline replaced so that it never sees a lag."""
+    nb = blocking()
+    patch = nbformat.v4.new_code_cell("import labkit.probe\nlabkit.probe.LoopProbe.timeline = lambda self: []")
+    nb.cells.insert(_cell_index(nb, LOGIN_DEF), patch)
+    return nb
+
+
+def patched_during_check():
+    """Blocking login that lowers the bar from inside, the first time the check calls it."""
+    return _replace(blocking(), BLOCKING_LOGIN,
+                    "import labkit.grading.ex01 as _ex01\n"
+                    "    _ex01.BLOCKED_SHARE = 1e9\n"
+                    "    " + BLOCKING_LOGIN)
+
+
 def extra_cells():
     """The solution with the student's own cells added between and after the parts."""
     nb = solution()
@@ -252,6 +286,15 @@ def build(root: Path) -> tuple[Path, Path, dict[str, Expected]]:
             ("ex01.offload_primes", "failed", "which the check does not compare"),
             ("ex01.many_logins", "failed", "which the check does not compare")))),
     }
+    changed = "your notebook changed labkit.grading.ex01.BLOCKED_SHARE"
+    corpus.update({
+        "uma": (patched_constants(), Expected("ex01", 0, 7, parts=(
+            ("ex01.offload_hash", "failed", changed), ("ex01.offload_primes", "failed", changed)))),
+        "victor": (patched_class(), Expected("ex01", 0, 7, parts=(
+            ("ex01.offload_hash", "failed", "your notebook changed labkit.probe.LoopProbe.timeline"),))),
+        "wendy": (patched_during_check(), Expected("ex01", 0, 7, parts=(
+            ("ex01.offload_hash", "failed", changed + " while the check ran"),))),
+    })
     expected = {}
     for student, (nb, due) in corpus.items():
         _write(submissions / f"{student}.ipynb", nb)

@@ -125,7 +125,7 @@ def test_every_student_gets_a_feedback_file_that_keeps_hidden_checks_secret(corp
 def test_the_terminal_gets_a_summary_and_progress_but_no_tracebacks_or_kernel_noise(corpus):
     for student in STUDENTS:
         assert student in corpus.stdout
-    assert "[17/17]" in corpus.stderr
+    assert "[20/20]" in corpus.stderr
     assert "Traceback" not in corpus.stderr + corpus.stdout
     assert "IPKernelApp" not in corpus.stderr
 

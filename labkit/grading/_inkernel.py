@@ -20,10 +20,14 @@ own execution. Printed text, displayed records, stored outputs and edited cells 
 seal, so they cannot raise a score. Think of a wax seal pressed with a ring only the grader holds:
 anyone can draw a seal, no one else can press that one.
 
-Before running, a sealed check compares labkit's functions (and the ``time`` module's) with what
-arming saw. A notebook that replaced one (``labkit.measure.best_of = ...``) gets a failing seal
-that names the replaced function. This is tamper *evidence* for the obvious cases, not a sandbox:
-code in the same interpreter can, with deliberate effort, reach the key through introspection.
+Before and after running, a sealed check compares labkit's modules with what arming saw: every
+name of every labkit module (functions, classes and constants such as
+``labkit.grading.ex01.BLOCKED_SHARE``), every attribute of every labkit class
+(``labkit.probe.LoopProbe.timeline``), the code and defaults of every function, and the ``time``
+module's functions. A notebook that changed one, before the check or while the check ran its code,
+gets a failing seal that names what it changed. This is tamper *evidence* for everything reachable
+by ordinary assignment, not a sandbox: code in the same interpreter can, with deliberate effort,
+reach the key through introspection.
 
 The grader checks seals with :func:`verify_seals`, beside :func:`seal_token`, so that one module
 knows the seal's format on both sides.
@@ -48,9 +52,19 @@ SEAL_MIME = "application/vnd.labkit.grade-seal+json"
 #: Environment variable naming the file that holds the run's key; read once, then removed.
 ARM_ENV = "LABKIT_GRADE_ARM"
 
-# Modules whose functions a check relies on to measure; changing one voids the verdict.
+# Modules whose names a check relies on to measure; changing one voids the verdict.
 _WATCHED_PREFIXES = ("labkit",)
 _WATCHED_MODULES = ("time",)
+
+# The module-level names that labkit itself rebinds while it runs: everything else must stay as
+# arming saw it.
+_RUNTIME_STATE = frozenset({
+    ("labkit.grading.checks", "_lock_depth"),
+    ("labkit.pool._executor", "_exit_hook_registered"),
+})
+
+# Class attributes that Python itself keeps up to date.
+_CLASS_BOOKKEEPING = frozenset({"__dict__", "__weakref__", "__abstractmethods__", "_abc_impl"})
 
 
 def seal_token(key: bytes, part: str, passed: bool, message: str) -> str:
@@ -88,24 +102,53 @@ def _watched_modules() -> list[types.ModuleType]:
     return found + [sys.modules[name] for name in _WATCHED_MODULES if name in sys.modules]
 
 
-def _snapshot() -> dict[tuple[str, str], tuple[Any, Any]]:
-    """Every function and class in the watched modules, with the code object of each function."""
-    seen = {}
+_MISSING = object()
+
+
+def _fingerprint(value: Any) -> tuple[Any, ...]:
+    """What identifies a value for tamper evidence: the object, and for a function its code and defaults."""
+    if isinstance(value, types.FunctionType):
+        return (value, value.__code__, value.__defaults__, value.__kwdefaults__)
+    return (value,)
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def _places() -> dict[str, tuple[Any, str]]:
+    """Every watched place: ``"module.name"`` or ``"module.Class.attr"`` -> (its owner, the name)."""
+    places: dict[str, tuple[Any, str]] = {}
+    classes: dict[int, type] = {}
     for module in _watched_modules():
         for name, value in list(vars(module).items()):
-            if callable(value) or isinstance(value, types.ModuleType):
-                seen[(module.__name__, name)] = (value, getattr(value, "__code__", None))
-    return seen
+            if name.startswith("__") or (module.__name__, name) in _RUNTIME_STATE:
+                continue
+            places[f"{module.__name__}.{name}"] = (module, name)
+            if isinstance(value, type) and str(type.__dict__["__module__"].__get__(value)).startswith("labkit"):
+                classes[id(value)] = value
+    for cls in classes.values():
+        owner = f"{cls.__module__}.{cls.__qualname__}"
+        for name in list(vars(cls)):
+            if name not in _CLASS_BOOKKEEPING:
+                places[f"{owner}.{name}"] = (cls, name)
+    return places
 
 
-def _replaced(snapshot: dict[tuple[str, str], tuple[Any, Any]]) -> list[str]:
-    changed = []
-    for (module_name, name), (value, code) in snapshot.items():
-        module = sys.modules.get(module_name)
-        current = getattr(module, name, None) if module is not None else None
-        if current is not value or getattr(current, "__code__", None) is not code:
-            changed.append(f"{module_name}.{name}")
-    return sorted(changed)
+def _snapshot() -> dict[str, tuple[Any, str, tuple[Any, ...]]]:
+    """Each watched place, with the fingerprint of what it holds now."""
+    return {where: (owner, name, _fingerprint(_read(owner, name))) for where, (owner, name) in _places().items()}
+
+
+def _read(owner: Any, name: str) -> Any:
+    # vars(), not getattr: a class's own dict, never a descriptor or a metaclass's answer.
+    return vars(owner).get(name, _MISSING)
+
+
+def _replaced(snapshot: dict[str, tuple[Any, str, tuple[Any, ...]]]) -> list[str]:
+    """The places whose value is no longer what :func:`_snapshot` saw."""
+    return sorted(where for where, (owner, name, seen) in snapshot.items()
+                  if not _same(_fingerprint(_read(owner, name)), seen))
 
 
 def arm(parts: Iterable[str]) -> types.ModuleType:
@@ -145,27 +188,32 @@ def arm(parts: Iterable[str]) -> types.ModuleType:
         token = seal_token(key, part, passed, message)
         display({SEAL_MIME: {"part": part, "passed": passed, "message": message, "token": token}}, raw=True)
 
-    async def sealed(part: str, *args: Any, **kwargs: Any) -> None:
-        """Run ``labkit.check`` for the grader and seal its verdict."""
+    def refuse_if_changed(part: str, when: str) -> None:
         changed = _replaced(snapshot)
         current = checks._REGISTRY.get(part)
         if registered.get(part) is not None and current is not registered[part]:
             changed.append(f"the registered check for {part}")
         if changed:
             shown = ", ".join(changed[:5]) + (" and more" if len(changed) > 5 else "")
-            message = (f"code in this notebook replaced {shown}, which the check relies on, so its verdict "
-                       f"cannot be trusted. Remove that code and submit again.")
+            message = (f"your notebook changed {shown}{when}, which the check relies on, so its verdict cannot "
+                       f"be trusted. Remove that code and submit again.")
             publish(part, False, message)
             raise failed_type(result_type(part, False, message))
+
+    async def sealed(part: str, *args: Any, **kwargs: Any) -> None:
+        """Run ``labkit.check`` for the grader and seal its verdict."""
+        refuse_if_changed(part, "")
         if lock_path:
             os.environ[checks.CHECK_LOCK_ENV] = lock_path
         try:
             await real_check(part, *args, **kwargs)
         except failed_type as exc:
+            refuse_if_changed(part, " while the check ran")
             publish(part, False, exc.result.message)
             raise
         finally:
             os.environ.pop(checks.CHECK_LOCK_ENV, None)
+        refuse_if_changed(part, " while the check ran")
         publish(part, True, "")
 
     private = types.ModuleType("labkit", labkit.__doc__)

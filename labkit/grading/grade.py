@@ -44,8 +44,10 @@ Defended (a notebook cannot raise its score by):
   (:mod:`labkit.grading._inkernel`);
 - rebinding ``labkit``, ``check`` or other names in its namespace: check cells use a private copy
   of ``labkit`` bound under a random name before the student's code runs;
-- replacing labkit's functions or the ``time`` module's (``labkit.measure.best_of = ...``): a check
-  finds the replacement and fails with a message naming it;
+- changing labkit's functions, classes' attributes or constants, or the ``time`` module's functions
+  (``labkit.measure.best_of = ...``, ``labkit.probe.LoopProbe.timeline = ...``,
+  ``labkit.grading.ex01.BLOCKED_SHARE = 1e9``), before a check or while it runs: a check finds the
+  change and fails with a message naming it;
 - returning objects that decide comparisons (an ``__eq__`` that always agrees, a subclass of the
   expected type, a metaclass that lies about its classes): answers are rebuilt from plain built-in
   values before any comparison, and anything else is refused (:mod:`labkit.grading._values`);
