@@ -9,11 +9,11 @@ new shared-memory segments and no listening sockets beyond the ones it started w
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import wait_until
 
 SHM = Path("/dev/shm")
 
@@ -94,15 +94,6 @@ def _listening(pids: set[int]) -> set[tuple[int, str, int]]:
     return found
 
 
-def _wait_for(condition, timeout: float = GRACE_SECONDS) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def leftovers(root: psutil.Process, shm_before: set[str], listening_before: set, children_before: frozenset[int] = frozenset()) -> list[str]:
     """Describe what ``root`` left behind since the snapshot; wait a little for clean exits."""
     problems: list[str] = []
@@ -117,7 +108,7 @@ def leftovers(root: psutil.Process, shm_before: set[str], listening_before: set,
                 pass
         return [c for c in _children(root) if c.pid not in owned]
 
-    if not _wait_for(lambda: not new_children()):
+    if not wait_until(lambda: not new_children(), GRACE_SECONDS, interval=0.05):
         for child in new_children():
             try:
                 problems.append(f"child process {child.pid} ({' '.join(child.cmdline())[:120]})")
@@ -127,7 +118,7 @@ def leftovers(root: psutil.Process, shm_before: set[str], listening_before: set,
     def new_segments() -> list[str]:
         return sorted(name for name in _shm_names() - shm_before if not _someone_elses(name, root))
 
-    if not _wait_for(lambda: not new_segments()):
+    if not wait_until(lambda: not new_segments(), GRACE_SECONDS, interval=0.05):
         for name in new_segments():
             problems.append(f"shared-memory segment /dev/shm/{name}")
             try:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
+from helpers import wait_until
 
 from labkit import ConfigurationError, ServerStartError, usable_cores
 from labkit.cluster import (
@@ -116,15 +117,6 @@ def pids_answering(url: str, want: set[int], attempts: int = 200) -> set[int]:
             if want <= seen:
                 break
     return seen
-
-
-def wait_until(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def replaced(cluster: Cluster, worker_id: int, old_pid: int) -> bool:

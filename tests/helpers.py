@@ -1,0 +1,70 @@
+"""Helpers shared by the tests: waiting for a condition, and editing a course notebook.
+
+A plain module rather than fixtures, so that conftest.py, the test modules and the grading corpus
+import the same functions. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "solutions"
+EXERCISES = ROOT / "exercises"
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``condition`` until it is true or ``timeout`` seconds have passed; return its last verdict.
+
+    The condition is asked once more after the deadline, so a slow machine that gets there just in
+    time is not failed by the last sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
+
+
+def replace_once(nb: nbformat.NotebookNode, old: str, new: str) -> nbformat.NotebookNode:
+    """Replace ``old`` by ``new`` in ``nb``'s code cells, where it must occur exactly once.
+
+    Loud on purpose: when a solution changes, the tests that rewrite it fail here with the text they
+    looked for, instead of quietly testing an unedited notebook.
+    """
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    hits = sum(cell.source.count(old) for cell in code)
+    assert hits == 1, f"expected {old!r} once in the code cells, found it {hits} times: the notebook changed, update this test"
+    for cell in code:
+        cell.source = cell.source.replace(old, new)
+    return nb
+
+
+def edited_notebook(source: Path, replacements: dict[str, str], path: Path,
+                    extra_cells: Iterable[str] = ()) -> Path:
+    """Write to ``path`` a copy of the notebook ``source`` with each ``old: new`` replacement made.
+
+    Each ``old`` must occur exactly once (see :func:`replace_once`); ``extra_cells`` are appended as
+    code cells. Returns ``path``.
+    """
+    nb = nbformat.read(source, as_version=4)
+    for old, new in replacements.items():
+        replace_once(nb, old, new)
+    nb.cells.extend(nbformat.v4.new_code_cell(cell) for cell in extra_cells)
+    nbformat.write(nb, path)
+    return path
+
+
+def outcomes_by_part(path: Path) -> dict:
+    """Run the notebook at ``path`` in a fresh kernel, as ``labkit check`` does; its outcomes by part id."""
+    from labkit.grading.runner import run_notebook  # imported on use: conftest imports this module too
+
+    _, outcomes = run_notebook(path)
+    by_part = {outcome.part: outcome for outcome in outcomes}
+    assert len(by_part) == len(outcomes), f"a part was checked twice: {[o.part for o in outcomes]}"
+    return by_part
