@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import EXERCISES
 
 import labkit
 from labkit.cli import main
 from labkit.grading.checks import Fail
 from labkit.grading.ex07 import check_answers, check_every_core, check_responsive
 
-from test_exercises_06_07 import ROOT
-
-EXERCISE_07 = ROOT / "exercises" / "07_cluster_plus_workers.ipynb"
+EXERCISE_07 = EXERCISES / "07_cluster_plus_workers.ipynb"
 
 
 def service(heavy_work: str = "process", wrong_answer: bool = False):
