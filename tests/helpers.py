@@ -6,11 +6,16 @@ import the same functions. Nothing here runs at import time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nbformat
+
+if TYPE_CHECKING:
+    from labkit.grading.runner import PartOutcome
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
@@ -28,6 +33,16 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval:
         if condition():
             return True
         time.sleep(interval)
+    return bool(condition())
+
+
+async def wait_until_async(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """:func:`wait_until` for code that runs in an event loop: it sleeps without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(interval)
     return bool(condition())
 
 
@@ -60,7 +75,7 @@ def edited_notebook(source: Path, replacements: dict[str, str], path: Path,
     return path
 
 
-def outcomes_by_part(path: Path) -> dict:
+def outcomes_by_part(path: Path) -> dict[str, PartOutcome]:
     """Run the notebook at ``path`` in a fresh kernel, as ``labkit check`` does; its outcomes by part id."""
     from labkit.grading.runner import run_notebook  # imported on use: conftest imports this module too
 
