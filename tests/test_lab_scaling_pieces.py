@@ -9,6 +9,7 @@ import time
 
 import psutil
 import pytest
+from helpers import wait_until
 from tornado.httpclient import HTTPClient
 
 from labkit.demo.combined import combined_app
@@ -35,9 +36,8 @@ def live_children() -> list[psutil.Process]:
 
 
 def wait_for_no_children(timeout: float = 5.0) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    while live_children() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    """Wait up to ``timeout`` for this process's children to end; those still alive."""
+    wait_until(lambda: not live_children(), timeout, interval=0.05)
     return live_children()
 
 
