@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import wait_until
+from helpers import is_interpreter_helper, wait_until
 
 SHM = Path("/dev/shm")
 
@@ -45,35 +45,6 @@ def _someone_elses(segment: str, root: psutil.Process) -> bool:
     except psutil.Error:
         return False
     return creator not in ours and psutil.pid_exists(creator)
-
-
-# multiprocessing's own helpers: one resource tracker (and one fork server) per interpreter, started
-# on first use and ended by the interpreter that started them when it exits. They are Python's
-# bookkeeping, not something a test or a notebook left running. Careful: processes the fork
-# server forks (pool and cluster workers) inherit its command line, and those do count.
-RESOURCE_TRACKER = "multiprocessing.resource_tracker"
-FORK_SERVER = "multiprocessing.forkserver"
-
-
-def _command(proc: psutil.Process | None) -> str:
-    try:
-        return " ".join(proc.cmdline()) if proc is not None else ""
-    except psutil.Error:
-        return ""
-
-
-def is_interpreter_helper(proc: psutil.Process) -> bool:
-    """Whether ``proc`` is multiprocessing's resource tracker or fork server (not a worker)."""
-    command = _command(proc)
-    if RESOURCE_TRACKER in command:
-        return True
-    if FORK_SERVER in command:
-        try:
-            parent = proc.parent()
-        except psutil.Error:
-            return False
-        return FORK_SERVER not in _command(parent)  # the server itself, not one of its forks
-    return False
 
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:

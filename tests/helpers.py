@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: waiting for a condition, and editing a course notebook.
+"""Helpers shared by the tests: waiting for a condition, telling Python's own helper processes from
+a test's, and editing a course notebook.
 
 A plain module rather than fixtures, so that conftest.py, the test modules and the grading corpus
 import the same functions. Nothing here runs at import time.
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nbformat
+import psutil
 
 if TYPE_CHECKING:
     from labkit.grading.runner import PartOutcome
@@ -44,6 +46,35 @@ async def wait_until_async(condition: Callable[[], object], timeout: float = 10.
             return True
         await asyncio.sleep(interval)
     return bool(condition())
+
+
+# multiprocessing's own helpers: one resource tracker (and one fork server) per interpreter, started
+# on first use and ended by the interpreter that started them when it exits. They are Python's
+# bookkeeping, not something a test or a notebook left running. Careful: processes the fork
+# server forks (pool and cluster workers) inherit its command line, and those do count.
+RESOURCE_TRACKER = "multiprocessing.resource_tracker"
+FORK_SERVER = "multiprocessing.forkserver"
+
+
+def _command(proc: psutil.Process | None) -> str:
+    try:
+        return " ".join(proc.cmdline()) if proc is not None else ""
+    except psutil.Error:
+        return ""
+
+
+def is_interpreter_helper(proc: psutil.Process) -> bool:
+    """Whether ``proc`` is multiprocessing's resource tracker or fork server (not a worker)."""
+    command = _command(proc)
+    if RESOURCE_TRACKER in command:
+        return True
+    if FORK_SERVER in command:
+        try:
+            parent = proc.parent()
+        except psutil.Error:
+            return False
+        return FORK_SERVER not in _command(parent)  # the server itself, not one of its forks
+    return False
 
 
 def replace_once(nb: nbformat.NotebookNode, old: str, new: str) -> nbformat.NotebookNode:

@@ -16,8 +16,7 @@ import uuid
 
 import psutil
 import pytest
-from conftest import is_interpreter_helper
-from helpers import wait_until
+from helpers import is_interpreter_helper, wait_until
 
 
 class Serve:

@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from helpers import wait_until
+from helpers import is_interpreter_helper, wait_until
 from tornado.httpclient import HTTPClient
 
 from labkit.demo.combined import combined_app
@@ -24,10 +24,7 @@ def live_children() -> list[psutil.Process]:
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
-            command = " ".join(child.cmdline())
-            if child.status() == psutil.STATUS_ZOMBIE or "resource_tracker" in command:
-                continue
-            if "forkserver" in command and "forkserver" not in " ".join(child.parent().cmdline()):
+            if child.status() == psutil.STATUS_ZOMBIE or is_interpreter_helper(child):
                 continue
         except psutil.Error:
             continue
