@@ -69,7 +69,7 @@ def test_too_few_io_workers_are_explained_with_gunicorns_rule():
     (lambda t: max(t, key=t.get), "last few percent are within a busy machine's noise"),
     (lambda t: min(t), "give only"),
     (lambda t: 3, "not one of the measured worker counts"),
-])
+], ids=["the fastest count", "the smallest count", "a count never measured"])
 def test_each_wrong_pick_is_explained(picker, message):
     with pytest.raises(Fail, match=message):
         run(check_pick_workers(picker, {1: 12.4, 2: 23.9, 4: 24.6, 8: 23.1}))

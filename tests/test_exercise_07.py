@@ -88,7 +88,8 @@ USABLE = labkit.usable_cores().usable
     (lambda: {"workers": 1, "options": {"pool_workers": 0}}, "positive integer"),
     (lambda: {"workers": 1, "port": 80, "options": {"pool_workers": 1}}, "sets port"),
     (lambda: [1, 1], "returned list"),
-])
+], ids=["two pool workers in each of one worker per core", "two workers per core", "a pool per core in each worker",
+        "os balancing", "no pool size", "a pool of none", "a fixed port", "not a dict"])
 def test_layouts_are_judged_on_their_facts_before_anything_runs(layout, message):
     if "spreads" in message and USABLE != 2:
         pytest.skip("a two-worker layout fits the budget only on two usable cores")
