@@ -9,11 +9,11 @@ new shared-memory segments and no listening sockets beyond the ones it started w
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import is_interpreter_helper, wait_until
 
 SHM = Path("/dev/shm")
 
@@ -47,35 +47,6 @@ def _someone_elses(segment: str, root: psutil.Process) -> bool:
     return creator not in ours and psutil.pid_exists(creator)
 
 
-# multiprocessing's own helpers: one resource tracker (and one fork server) per interpreter, started
-# on first use and ended by the interpreter that started them when it exits. They are Python's
-# bookkeeping, not something a test or a notebook left running. Careful: processes the fork
-# server forks (pool and cluster workers) inherit its command line, and those do count.
-RESOURCE_TRACKER = "multiprocessing.resource_tracker"
-FORK_SERVER = "multiprocessing.forkserver"
-
-
-def _command(proc: psutil.Process | None) -> str:
-    try:
-        return " ".join(proc.cmdline()) if proc is not None else ""
-    except psutil.Error:
-        return ""
-
-
-def is_interpreter_helper(proc: psutil.Process) -> bool:
-    """Whether ``proc`` is multiprocessing's resource tracker or fork server (not a worker)."""
-    command = _command(proc)
-    if RESOURCE_TRACKER in command:
-        return True
-    if FORK_SERVER in command:
-        try:
-            parent = proc.parent()
-        except psutil.Error:
-            return False
-        return FORK_SERVER not in _command(parent)  # the server itself, not one of its forks
-    return False
-
-
 def _children(proc: psutil.Process) -> list[psutil.Process]:
     try:
         return [
@@ -94,15 +65,6 @@ def _listening(pids: set[int]) -> set[tuple[int, str, int]]:
     return found
 
 
-def _wait_for(condition, timeout: float = GRACE_SECONDS) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def leftovers(root: psutil.Process, shm_before: set[str], listening_before: set, children_before: frozenset[int] = frozenset()) -> list[str]:
     """Describe what ``root`` left behind since the snapshot; wait a little for clean exits."""
     problems: list[str] = []
@@ -117,7 +79,7 @@ def leftovers(root: psutil.Process, shm_before: set[str], listening_before: set,
                 pass
         return [c for c in _children(root) if c.pid not in owned]
 
-    if not _wait_for(lambda: not new_children()):
+    if not wait_until(lambda: not new_children(), GRACE_SECONDS, interval=0.05):
         for child in new_children():
             try:
                 problems.append(f"child process {child.pid} ({' '.join(child.cmdline())[:120]})")
@@ -127,7 +89,7 @@ def leftovers(root: psutil.Process, shm_before: set[str], listening_before: set,
     def new_segments() -> list[str]:
         return sorted(name for name in _shm_names() - shm_before if not _someone_elses(name, root))
 
-    if not _wait_for(lambda: not new_segments()):
+    if not wait_until(lambda: not new_segments(), GRACE_SECONDS, interval=0.05):
         for name in new_segments():
             problems.append(f"shared-memory segment /dev/shm/{name}")
             try:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from helpers import EXERCISES, SOLUTIONS, replace_once
 
-ROOT = Path(__file__).resolve().parent.parent
-SOLUTION_01 = ROOT / "solutions" / "01_event_loop_blocking.ipynb"
-EXERCISE_01 = ROOT / "exercises" / "01_event_loop_blocking.ipynb"
+SOLUTION_01 = SOLUTIONS / "01_event_loop_blocking.ipynb"
+EXERCISE_01 = EXERCISES / "01_event_loop_blocking.ipynb"
 
 # The solution lines the corpus rewrites.
 LOGIN = "return await loop.run_in_executor(threads, labkit.hash_password, password, SALT, COST)"
@@ -44,16 +44,6 @@ class Expected:
     parts: tuple[tuple[str, str, str], ...] = ()  # (part, status, phrase in the message)
 
 
-def _replace(nb, old: str, new: str):
-    """Replace ``old`` by ``new`` in the one code cell that holds it."""
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    hits = sum(cell.source.count(old) for cell in code)
-    assert hits == 1, f"expected one {old!r} in the code cells, found {hits}: update tests/grading_corpus.py"
-    for cell in code:
-        cell.source = cell.source.replace(old, new)
-    return nb
-
-
 def _cell_index(nb, text: str) -> int:
     found = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and text in cell.source]
     assert len(found) == 1, f"expected one cell with {text!r}: update tests/grading_corpus.py"
@@ -70,39 +60,39 @@ def exercise():
 
 def partly_right():
     """Login right; the report in a thread (no second core): part 1 and the hidden check pass."""
-    return _replace(solution(), REPORT, "return await loop.run_in_executor(threads, labkit.count_primes, limit)")
+    return replace_once(solution(), REPORT, "return await loop.run_in_executor(threads, labkit.count_primes, limit)")
 
 
 def wrong_answers():
     """Hashing on the loop, counting in a thread: every part fails."""
-    nb = _replace(solution(), LOGIN, "return labkit.hash_password(password, SALT, COST)")
-    return _replace(nb, REPORT, "return await loop.run_in_executor(threads, labkit.count_primes, limit)")
+    nb = replace_once(solution(), LOGIN, "return labkit.hash_password(password, SALT, COST)")
+    return replace_once(nb, REPORT, "return await loop.run_in_executor(threads, labkit.count_primes, limit)")
 
 
 def infinite_loop():
     """The report's cell loops forever before defining anything."""
-    return _replace(solution(), REPORT_DEF, "while True:\n    pass\n\n" + REPORT_DEF)
+    return replace_once(solution(), REPORT_DEF, "while True:\n    pass\n\n" + REPORT_DEF)
 
 
 def exit_in_check():
     """count_report ends the kernel with os._exit(1) when the check calls it."""
-    return _replace(solution(), REPORT, "import os\n    os._exit(1)")
+    return replace_once(solution(), REPORT, "import os\n    os._exit(1)")
 
 
 def segfault():
     """The login cell crashes the kernel (a NULL read through ctypes) before defining login."""
-    return _replace(solution(), LOGIN_DEF, "import ctypes\nctypes.string_at(0)\n\n" + LOGIN_DEF)
+    return replace_once(solution(), LOGIN_DEF, "import ctypes\nctypes.string_at(0)\n\n" + LOGIN_DEF)
 
 
 def edited_check():
     """Login blocks the loop; its check cell is edited to print a pass and show a passing record."""
-    nb = _replace(solution(), LOGIN, "return labkit.hash_password(password, SALT, COST)")
+    nb = replace_once(solution(), LOGIN, "return labkit.hash_password(password, SALT, COST)")
     fake = (
         'from IPython.display import display\n'
         'print("✔ ex01.offload_hash passed: login() returns the right hash and the event loop stays free.")\n'
         f'display({{"{RESULT_MIME}": {{"part": "ex01.offload_hash", "passed": True, "message": "ok"}}}}, raw=True)'
     )
-    return _replace(nb, CHECK_HASH, fake)
+    return replace_once(nb, CHECK_HASH, fake)
 
 
 def deleted_check():

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 
@@ -53,24 +54,49 @@ def test_hash_gives_the_same_digest_in_every_mode(server, mode):
     assert json.loads(body)["hash"] == json.loads(get(server.url + "/hash?cost=8")[2])["hash"]
 
 
-def test_sleep_and_pid(server):
+def test_sleep_answers_with_the_milliseconds_it_slept(server):
     assert json.loads(get(server.url + "/sleep?ms=5")[2]) == {"slept_ms": 5}
+
+
+def test_pid_answers_with_the_serving_process_id(server):
     assert json.loads(get(server.url + "/pid")[2]) == {"pid": server.pid}
 
 
-@pytest.mark.parametrize("query", ["/primes?n=abc", "/primes?n=-1", "/hash?cost=99", "/hash?mode=gpu"])
-def test_bad_parameters_get_a_400_that_says_why(server, query):
-    status, _, _ = get(server.url + query)
+@pytest.mark.parametrize("query, reason", [
+    ("/primes?n=abc", "n must be an integer"),
+    ("/primes?n=-1", "n must be between 0 and"),
+    ("/hash?cost=99", "cost must be between 1 and"),
+    ("/hash?mode=gpu", "mode must be one of sync, thread, process"),
+])
+def test_bad_parameters_get_a_400_that_says_why(server, query, reason):
+    status, _, body = get(server.url + query)
     assert status == 400
+    assert reason in body.decode()
 
 
-def test_stats_counts_requests_and_reports_loop_lag(server):
-    get(server.url + "/fast")
-    stats = json.loads(get(server.url + "/stats?reset=1")[2])
-    assert stats["pid"] == server.pid
-    assert stats["requests"] >= 2
-    assert stats["lag"]["count"] >= 0
-    assert 0 <= stats["lag"]["utilization"] <= 1
+def stats(server, query: str = "") -> dict:
+    return json.loads(get(server.url + "/stats" + query)[2])
+
+
+def test_stats_counts_every_request_including_its_own(server):
+    before = stats(server)
+    for _ in range(3):
+        get(server.url + "/fast")
+    after = stats(server)
+    assert after["pid"] == server.pid
+    assert after["requests"] - before["requests"] == 4  # three /fast and the second /stats
+
+
+def test_stats_reports_the_loop_lag_measured_since_the_last_reset(server):
+    time.sleep(0.3)  # ticks that the reset must forget, even when this test runs alone
+    started = time.monotonic()
+    stats(server, "?reset=1")
+    time.sleep(0.5)  # an idle loop, so the probe's timer ticks on time
+    lag = stats(server)["lag"]
+    elapsed = time.monotonic() - started
+    assert lag["count"] > 0
+    assert lag["count"] <= elapsed / (lag["interval_ms"] / 1000) + 2  # no tick from before the reset
+    assert 0 <= lag["utilization"] <= 1
 
 
 def test_a_synchronous_hash_blocks_fast_requests_and_a_thread_does_not(server):
@@ -83,18 +109,21 @@ def test_a_synchronous_hash_blocks_fast_requests_and_a_thread_does_not(server):
     assert offloaded.blocked_fraction() < 0.5
 
 
-def test_zz_module_server_stops_cleanly(server):
-    """Runs last in this module: stopping leaves no process behind."""
-    family = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
-    assert server.stop() == 0
-    gone, alive = psutil.wait_procs(family, timeout=10)
-    assert not alive
-    assert not server.running
-
-
-def test_crash_endpoint_ends_the_process():
+def test_stopping_a_server_ends_it_and_its_pool_processes_with_exit_code_0():
     with AppServer() as server:
-        with pytest.raises(Exception):
+        assert get(server.url + "/primes?n=10&mode=process")[0] == 200  # the server now has a process pool
+        family = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+        assert len(family) > 1
+        assert server.stop() == 0
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive
+        assert not server.running
+
+
+def test_crash_ends_the_process_without_an_answer_and_with_the_exit_code_asked_for():
+    with AppServer() as server:
+        # The process ends without answering: the connection closes under the client.
+        with pytest.raises(ConnectionResetError):
             urllib.request.urlopen(server.url + "/crash?code=3", timeout=30)
         assert server.stop() == 3
 
@@ -136,7 +165,10 @@ def test_the_server_dies_with_its_parent():
         child = psutil.Process(server_pid)
         parent.kill()
         parent.wait()
-        assert child.wait(timeout=15) is not None or not child.is_running()
+        _, alive = psutil.wait_procs([child], timeout=15)
+        for survivor in alive:
+            survivor.kill()  # an orphan is no longer ours: the leak guard would not see it
+        assert not alive, f"the server {server_pid} outlived its killed parent"
     finally:
         parent.stdout.close()
         if parent.poll() is None:

@@ -16,7 +16,7 @@ import uuid
 
 import psutil
 import pytest
-from conftest import is_interpreter_helper
+from helpers import is_interpreter_helper, wait_until
 
 
 class Serve:
@@ -80,9 +80,7 @@ class Serve:
                     pass  # gone, or not ours to read
             return found
 
-        deadline = time.monotonic() + timeout
-        while marked() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not marked(), timeout, interval=0.1)
         return marked()
 
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import EXERCISES
 
 import labkit
 from labkit.cli import main
 from labkit.grading.checks import Fail
 from labkit.grading.ex07 import check_answers, check_every_core, check_responsive
 
-from test_exercises_06_07 import ROOT
-
-EXERCISE_07 = ROOT / "exercises" / "07_cluster_plus_workers.ipynb"
+EXERCISE_07 = EXERCISES / "07_cluster_plus_workers.ipynb"
 
 
 def service(heavy_work: str = "process", wrong_answer: bool = False):
@@ -89,7 +88,8 @@ USABLE = labkit.usable_cores().usable
     (lambda: {"workers": 1, "options": {"pool_workers": 0}}, "positive integer"),
     (lambda: {"workers": 1, "port": 80, "options": {"pool_workers": 1}}, "sets port"),
     (lambda: [1, 1], "returned list"),
-])
+], ids=["two pool workers in each of one worker per core", "two workers per core", "a pool per core in each worker",
+        "os balancing", "no pool size", "a pool of none", "a fixed port", "not a dict"])
 def test_layouts_are_judged_on_their_facts_before_anything_runs(layout, message):
     if "spreads" in message and USABLE != 2:
         pytest.skip("a two-worker layout fits the budget only on two usable cores")

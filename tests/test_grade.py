@@ -22,7 +22,7 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
-from conftest import is_interpreter_helper
+from helpers import is_interpreter_helper
 
 import grading_corpus
 from grading_corpus import EXERCISE_01, SOLUTION_01, STUDENTS

@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import cloudpickle
 import pytest
+from helpers import wait_until_async
 
 from labkit.demo.faulty import CORRUPT_DOC, BrokenDeployError, crashing_app, is_corrupt, render_document
 from labkit.cluster import Cluster, WorkerState
@@ -48,15 +48,6 @@ def report(per_pid: dict[int, int], seconds: float = 1.0) -> LoadReport:
                       errors=dict.fromkeys(ERROR_KINDS, 0), per_pid=per_pid)
 
 
-async def until(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 def run_check(part: str, *args) -> str:
     """Run a self-check outside a kernel: the verdict line it printed, passed or not."""
     async def main():
@@ -80,8 +71,8 @@ def test_the_monitor_shows_every_worker_of_a_real_cluster_its_restarts_and_stops
             await asyncio.to_thread(lambda: [urllib.request.urlopen(cluster.url + "/fast").read() for _ in range(4)])
             victim = cluster.pids[1]
             os.kill(victim, signal.SIGKILL)
-            replaced = await until(lambda: any(w.id == 1 and w.pid != victim and w.state is WorkerState.READY
-                                               for w in cluster.stats().workers))
+            replaced = await wait_until_async(lambda: any(w.id == 1 and w.pid != victim and w.state is WorkerState.READY
+                                                          for w in cluster.stats().workers), 20)
             await asyncio.sleep(0.2)
             seen = (set(monitor.pids), monitor._table.value, monitor._log.value, monitor.running, repr(monitor))
             bundle = monitor._repr_mimebundle_()

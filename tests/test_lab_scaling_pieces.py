@@ -9,6 +9,7 @@ import time
 
 import psutil
 import pytest
+from helpers import is_interpreter_helper, wait_until
 from tornado.httpclient import HTTPClient
 
 from labkit.demo.combined import combined_app
@@ -23,10 +24,7 @@ def live_children() -> list[psutil.Process]:
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
-            command = " ".join(child.cmdline())
-            if child.status() == psutil.STATUS_ZOMBIE or "resource_tracker" in command:
-                continue
-            if "forkserver" in command and "forkserver" not in " ".join(child.parent().cmdline()):
+            if child.status() == psutil.STATUS_ZOMBIE or is_interpreter_helper(child):
                 continue
         except psutil.Error:
             continue
@@ -35,9 +33,8 @@ def live_children() -> list[psutil.Process]:
 
 
 def wait_for_no_children(timeout: float = 5.0) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    while live_children() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    """Wait up to ``timeout`` for this process's children to end; those still alive."""
+    wait_until(lambda: not live_children(), timeout, interval=0.05)
     return live_children()
 
 

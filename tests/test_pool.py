@@ -16,6 +16,7 @@ from concurrent.futures import CancelledError
 import psutil
 import pytest
 import worker_tasks as tasks
+from helpers import wait_until
 from worker_tasks import FAST, START_METHODS
 
 from labkit.errors import ConfigurationError, LabkitError
@@ -41,15 +42,6 @@ posix_only = pytest.mark.skipif(os.name != "posix", reason="signals are POSIX")
 def multiprocessing_helpers_running():
     """Start multiprocessing's resource tracker and fork server before the leak guard looks."""
     tasks.start_multiprocessing_helpers()
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def started(future, timeout=10.0):

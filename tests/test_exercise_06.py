@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
-import nbformat
 import pytest
+from helpers import EXERCISES, SOLUTIONS, edited_notebook, outcomes_by_part
 
 import labkit
 from labkit.cli import main
 from labkit.grading.checks import Fail
 from labkit.grading.ex06 import TABLES, check_bad_kind, check_choose_workers, check_pick_workers, expected_pick
-from labkit.grading.runner import run_notebook
 
-ROOT = Path(__file__).resolve().parent.parent
-SOLUTION_06 = ROOT / "solutions" / "06_cores_equals_workers.ipynb"
-EXERCISE_06 = ROOT / "exercises" / "06_cores_equals_workers.ipynb"
+SOLUTION_06 = SOLUTIONS / "06_cores_equals_workers.ipynb"
+EXERCISE_06 = EXERCISES / "06_cores_equals_workers.ipynb"
 
 
 def right(kind: str, root: str = "/") -> int:
@@ -40,7 +37,7 @@ def test_the_rule_picks_the_smallest_count_within_ten_percent_of_the_best():
     assert [expected_pick(t) for t in TABLES.values()] == [2, 16, 3, 2]
 
 
-def test_the_right_answers_pass_every_part():
+def test_the_right_answers_pass_every_check():
     assert "usable cores" in run(check_choose_workers(right))
     assert "10%" in run(check_pick_workers(lambda t: expected_pick(t), {1: 1.0, 2: 2.0}))
     assert "ValueError" in run(check_bad_kind(right))
@@ -72,8 +69,8 @@ def test_too_few_io_workers_are_explained_with_gunicorns_rule():
     (lambda t: max(t, key=t.get), "last few percent are within a busy machine's noise"),
     (lambda t: min(t), "give only"),
     (lambda t: 3, "not one of the measured worker counts"),
-])
-def test_wrong_picks_are_explained(picker, message):
+], ids=["the fastest count", "the smallest count", "a count never measured"])
+def test_each_wrong_pick_is_explained(picker, message):
     with pytest.raises(Fail, match=message):
         run(check_pick_workers(picker, {1: 12.4, 2: 23.9, 4: 24.6, 8: 23.1}))
 
@@ -90,24 +87,14 @@ def test_the_untouched_exercise_fails_every_part_with_a_next_step(capsys):
     assert out.count("not done yet") == 2
 
 
-def test_classic_mistakes_fail_the_right_parts_in_a_real_kernel(tmp_path):
-    nb = nbformat.read(SOLUTION_06, as_version=4)
-    replacements = {
+def test_counting_the_machines_cpus_and_taking_the_fastest_count_fail_the_right_parts_in_a_real_kernel(tmp_path):
+    path = edited_notebook(SOLUTION_06, {
         "usable = labkit.usable_cores(root=root).usable": "usable = os.cpu_count()",
         "return min(workers for workers, rate in throughput.items() if rate >= 0.9 * best)":
             "return max(throughput, key=throughput.get)",
         "import labkit\n": "import os\n\nimport labkit\n",
-    }
-    for cell in nb.cells:
-        for old, new in replacements.items():
-            if old in cell.source:
-                cell.source = cell.source.replace(old, new, 1)
-                replacements[old] = None
-    assert all(v is None for v in replacements.values()), "the solution changed; update this test"
-    path = tmp_path / "wrong.ipynb"
-    nbformat.write(nb, path)
-    _, outcomes = run_notebook(path)
-    by_part = {o.part: o for o in outcomes}
+    }, tmp_path / "wrong.ipynb")
+    by_part = outcomes_by_part(path)
     assert by_part["ex06.bad_kind"].passed
     assert not by_part["ex06.pick_workers"].passed
     assert "the rule picks 2" in by_part["ex06.pick_workers"].message
