@@ -174,7 +174,7 @@ BLOCKING_REPORT = "return labkit.count_primes(limit)"
 
 def blocking():
     """Both handlers compute on the loop, as in the exercise's "today's version"."""
-    return _replace(_replace(solution(), LOGIN, BLOCKING_LOGIN), REPORT, BLOCKING_REPORT)
+    return replace_once(replace_once(solution(), LOGIN, BLOCKING_LOGIN), REPORT, BLOCKING_REPORT)
 
 
 def patched_constants():
@@ -196,7 +196,7 @@ def patched_class():
 
 def patched_during_check():
     """Blocking login that lowers the bar from inside, the first time the check calls it."""
-    return _replace(blocking(), BLOCKING_LOGIN,
+    return replace_once(blocking(), BLOCKING_LOGIN,
                     "import labkit.grading.ex01 as _ex01\n"
                     "    _ex01.BLOCKED_SHARE = 1e9\n"
                     "    " + BLOCKING_LOGIN)
