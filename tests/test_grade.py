@@ -64,6 +64,29 @@ def _semaphores() -> set[str]:
     return {p.name for p in shm.iterdir() if p.name.startswith("sem.")} if shm.is_dir() else set()
 
 
+def _in_use() -> set[str]:
+    """Semaphores some live process has mapped: other programs' pools, not leftovers of this run.
+
+    A process maps a named semaphore under the temporary name glibc created it with, so the
+    mapping is recognised by its inode (the fifth field of a line of /proc/PID/maps).
+    """
+    inodes = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            lines = maps.read_text(errors="replace").splitlines()
+        except OSError:
+            continue  # the process ended, or is not ours to read
+        inodes.update(int(line.split()[4]) for line in lines if "/dev/shm/" in line)
+    in_use = set()
+    for name in _semaphores():
+        try:
+            if (Path("/dev/shm") / name).stat().st_ino in inodes:
+                in_use.add(name)
+        except OSError:
+            pass  # removed meanwhile: not a leftover either
+    return in_use
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> CorpusRun:
     root = tmp_path_factory.mktemp("corpus")
@@ -78,7 +101,9 @@ def corpus(tmp_path_factory) -> CorpusRun:
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and not is_interpreter_helper(p)]
     with open(out / "gradebook.csv", encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    new_semaphores = sorted(_semaphores() - semaphores_before)
+    # A semaphore that appeared during the run and that no live process maps was left behind; one
+    # that some process maps belongs to another program running beside the tests.
+    new_semaphores = sorted(_semaphores() - semaphores_before - _in_use())
     return CorpusRun(code, stdout.getvalue(), stderr.getvalue(), rows, out, expected, leftover, new_semaphores)
 
 
