@@ -42,7 +42,8 @@ from ._state import (
     WorkerStats,
     diagnose,
 )
-from ._worker import WorkerSpec, run_worker
+from ._worker import BEAT, BOOT_ERROR, READY, STOP, WorkerSpec, run_worker
+from .._format import format_host
 from ..errors import ServerStartError
 
 __all__ = ["Arbiter", "ArbiterConfig"]
@@ -311,7 +312,7 @@ class Arbiter:
                     self._tick()
                     if self._closing and not self.workers:
                         self.finished = True
-                    waitables, owners = self._waitables()
+                    waitables = self._waitables()
                     timeout = self._next_wakeup()
                     self.changed.notify_all()
                 self._dispatch_events()
@@ -319,8 +320,7 @@ class Arbiter:
                     break
                 ready = multiprocessing.connection.wait(waitables, timeout)
                 with self.lock:
-                    for item in ready:
-                        self._handle_ready(item, owners)
+                    self._handle_ready(ready)
         except BaseException as exc:  # a bug here must not leave workers without a supervisor
             self.crashed = exc
             self._kill_everything(f"the supervisor crashed: {exc!r}")
@@ -353,26 +353,25 @@ class Arbiter:
             if future.set_running_or_notify_cancel():
                 future.set_exception(ServerStartError("the cluster stopped before it could do that"))
 
-    def _waitables(self) -> tuple[list, dict[Any, tuple[str, _Worker | None]]]:
-        owners: dict[Any, tuple[str, _Worker | None]] = {id(self._wake_r): ("wake", None)}
+    def _waitables(self) -> list:
+        """What may wake the loop: the wake pipe, each worker's sentinel and open control pipe."""
         waitables: list = [self._wake_r]
         for worker in self.workers:
             waitables.append(worker.sentinel)
-            owners[("fd", worker.sentinel)] = ("sentinel", worker)
             if worker.control_open:
                 waitables.append(worker.control)
-                owners[id(worker.control)] = ("control", worker)
-        return waitables, owners
+        return waitables
 
-    def _handle_ready(self, item, owners) -> None:
-        kind, worker = owners.get(("fd", item) if isinstance(item, int) else id(item), ("?", None))
-        if kind == "wake" and self._wake_r is not None:
+    def _handle_ready(self, ready: list) -> None:
+        """Act on what woke the loop: drain the wake pipe, read messages, reap exited workers."""
+        if self._wake_r is not None and self._wake_r in ready:
             while self._wake_r.poll():
                 self._wake_r.recv_bytes()
-        elif kind == "control" and worker in self.workers:
-            self._read_control(worker)
-        elif kind == "sentinel" and worker in self.workers:
-            self._reap(worker)
+        for worker in list(self.workers):
+            if worker.control_open and worker.control in ready:
+                self._read_control(worker)
+            if worker.sentinel in ready:
+                self._reap(worker)
 
     def _next_wakeup(self) -> float:
         now = self.clock()
@@ -483,18 +482,18 @@ class Arbiter:
     def _on_message(self, worker: _Worker, message: tuple) -> None:
         kind = message[0]
         now = self.clock()
-        if kind == "beat":
+        if kind == BEAT:
             worker.last_beat = now
             worker.requests, worker.in_flight = int(message[1]), int(message[2])
             worker.cpu.sample(worker.ps, now)
-        elif kind == "ready" and worker.state is WorkerState.STARTING:
+        elif kind == READY and worker.state is WorkerState.STARTING:
             self._set_state(worker, WorkerState.READY)
             worker.ready_at = worker.last_beat = now
             worker.slot.first_boot = False
             if self._acceptor is not None:
                 self._acceptor.add(worker, worker.handoff)
             self._emit("ready", f"ready in {now - worker.started_at:.2f} s", worker)
-        elif kind == "boot_error":
+        elif kind == BOOT_ERROR:
             worker.boot_error = worker.slot.boot_error = message[1]
             worker.slot.boot_traceback = message[2] if len(message) > 2 else None
             self._emit("boot-error", f"could not boot: {message[1]}", worker)
@@ -551,7 +550,7 @@ class Arbiter:
             self._acceptor.remove(worker)  # no hand-off after this line
         worker.stop_deadline = self.clock() + timeout + self.config.kill_margin
         try:
-            worker.control.send(("stop", timeout))
+            worker.control.send((STOP, timeout))
         except OSError:
             pass  # it is already dying; the sentinel will tell
         self._emit("stopping", "finishing in-flight requests", worker)
@@ -654,7 +653,7 @@ class Arbiter:
 
 
 def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{format_host(host)}:{port}"
 
 
 def _bind_failure(host: str, port: int, exc: OSError) -> str:

@@ -20,6 +20,7 @@ from ._state import (
     diagnose,
 )
 from ._worker import WORKER_ID_ENV
+from .._format import format_host
 from ..cores import safe_start_method, usable_cores
 from ..errors import ConfigurationError, ServerStartError
 
@@ -253,8 +254,7 @@ class Cluster:
         """Base URL such as ``http://127.0.0.1:41873``."""
         if not self.running:
             raise ServerStartError("the cluster is not running; call start() or use 'with Cluster(...)'")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{format_host(self.host)}:{self.port}"
 
     @property
     def pids(self) -> dict[int, int]:

@@ -7,14 +7,15 @@ listening socket (``os``) or its end of the hand-off channel (``round-robin``). 
 ``multiprocessing`` passes those descriptors to the new interpreter itself (its ``DupFd``
 reduction puts them in the child's inherited descriptors); under fork the child simply has them.
 
-What the worker says on the control pipe, in order::
+What the worker says on the control pipe, in order (the tags are the constants below)::
 
-    ("boot_error", "one line")          could not import/build the app or bind; exits with status 3
-    ("ready", pid)                       listening (or taking hand-offs): count me in
-    ("beat", served, in_flight)          every heartbeat interval, from the event loop itself
-    ("beat", served, 0)                  a last one after draining, just before a clean exit
+    (BOOT_ERROR, "one line", traceback)  could not import/build the app or bind (traceback: the
+                                         full text); exits with status 3
+    (READY, pid)                         listening (or taking hand-offs): count me in
+    (BEAT, served, in_flight)            every heartbeat interval, from the event loop itself
+    (BEAT, served, 0)                    a last one after draining, just before a clean exit
 
-What it hears: ``("stop", timeout)``, or end of file when the primary is gone. Either way it stops
+What it hears: ``(STOP, timeout)``, or end of file when the primary is gone. Either way it stops
 taking new connections, marks its remaining responses ``Connection: close``, finishes what is in
 flight (within ``timeout``) and exits.
 """
@@ -39,6 +40,16 @@ __all__ = ["WorkerSpec", "run_worker", "WORKER_ID_ENV"]
 #: Environment variable that tells the app which worker slot it runs in ("1", "2", ...), like
 #: PM2's ``NODE_APP_INSTANCE``.
 WORKER_ID_ENV = "LABKIT_WORKER_ID"
+
+# Tags of the control-pipe messages (see the module docstring), shared with the arbiter.
+#: Primary to worker: finish in-flight requests within the given seconds, then exit.
+STOP = "stop"
+#: Worker to primary: listening (or taking hand-offs), with its pid.
+READY = "ready"
+#: Worker to primary: alive, with requests served and in flight.
+BEAT = "beat"
+#: Worker to primary: could not boot, with a one-line reason and the traceback.
+BOOT_ERROR = "boot_error"
 
 # While draining, how often the worker checks whether it is done.
 _DRAIN_POLL = 0.05
@@ -151,7 +162,7 @@ def _report_boot_error(control: Connection, exc: BaseException) -> None:
 
     details = "".join(traceback.format_exception(exc))
     try:
-        control.send(("boot_error", " ".join(text.split()), details))
+        control.send((BOOT_ERROR, " ".join(text.split()), details))
     except OSError:
         pass  # the primary is gone; our exit status still says "boot error"
 
@@ -199,10 +210,10 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
         try:
             while control.poll():
                 message = control.recv()
-                if message[0] == "stop":
+                if message[0] == STOP:
                     stop_timeout[0] = float(message[1])
                     stop.set()
-        except (EOFError, OSError):  # the primary is gone: stop like a "stop" message
+        except (EOFError, OSError):  # the primary is gone: stop like a STOP message
             loop.remove_reader(control.fileno())
             stop.set()
 
@@ -243,7 +254,7 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
         server.stop()
         _report_boot_error(control, exc)
         raise SystemExit(BOOT_ERROR_EXIT) from None
-    _send(control, stop, ("ready", os.getpid()))
+    _send(control, stop, (READY, os.getpid()))
     beating = loop.create_task(_beat(control, tally, spec.heartbeat_interval, stop))
     try:
         await stop.wait()
@@ -264,7 +275,7 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
         beating.cancel()
         if hasattr(app, "labkit_close"):
             app.labkit_close()
-    _send(control, None, ("beat", tally.finished, 0))
+    _send(control, None, (BEAT, tally.finished, 0))
 
 
 def _accept_pending(sock: socket.socket) -> list[socket.socket]:
@@ -286,7 +297,7 @@ async def _beat(control: Connection, tally: _Tally, interval: float, stop: async
     """Tell the primary we are alive, from the loop itself: a blocked loop sends nothing."""
     while True:
         await asyncio.sleep(interval)
-        _send(control, stop, ("beat", tally.finished, tally.in_flight))
+        _send(control, stop, (BEAT, tally.finished, tally.in_flight))
 
 
 def _send(control: Connection, stop: asyncio.Event | None, message: tuple) -> None:
