@@ -388,29 +388,47 @@ class Arbiter:
         return min(max(soonest - now, 0.0), config.max_wait)
 
     def _tick(self) -> None:
+        """Everything that is due by the clock, in three steps."""
         now = self.clock()
-        config = self.config
+        self._restart_due(now)
+        self._kill_silent(now)
+        self._kill_overdue(now)
+
+    def _restart_due(self, now: float) -> None:
+        """Start a worker in each wanted, empty slot whose restart backoff has run out."""
+        if self._closing:
+            return
         for slot in self.slots.values():
-            if slot.restart_at is not None and now >= slot.restart_at and not self._closing:
+            if slot.restart_at is not None and now >= slot.restart_at:
                 slot.restart_at = None
                 if slot.wanted and not self._live(slot):
                     slot.restarts += 1
                     self._spawn(slot)
+
+    def _kill_silent(self, now: float) -> None:
+        """Kill ready workers whose loop has sent no heartbeat for ``heartbeat_timeout``."""
+        timeout = self.config.heartbeat_timeout
+        for worker in list(self.workers):
+            if worker.kill_reason is not None or worker.state is not WorkerState.READY:
+                continue
+            if now - worker.last_beat <= timeout:
+                continue
+            if worker.control_open:
+                self._read_control(worker)  # beats may be waiting if *we* were the slow ones
+            if now - worker.last_beat <= timeout or worker not in self.workers:
+                continue
+            reason = (f"no heartbeat for {now - worker.last_beat:.1f} s (heartbeat_timeout={timeout:g} s): "
+                      "its event loop was blocked or it hung; killed so it can be replaced")
+            self._emit("hung", reason, worker)
+            self._kill(worker, reason)
+
+    def _kill_overdue(self, now: float) -> None:
+        """Kill workers past a deadline: not ready within ``startup_timeout``, or a stop overdue."""
         for worker in list(self.workers):
             if worker.kill_reason is not None:
                 continue
-            if worker.state is WorkerState.READY and now - worker.last_beat > config.heartbeat_timeout:
-                if worker.control_open:
-                    self._read_control(worker)  # beats may be waiting if *we* were the slow ones
-                if now - worker.last_beat <= config.heartbeat_timeout or worker not in self.workers:
-                    continue
-                silent = now - worker.last_beat
-                reason = (f"no heartbeat for {silent:.1f} s (heartbeat_timeout={config.heartbeat_timeout:g} s): "
-                          "its event loop was blocked or it hung; killed so it can be replaced")
-                self._emit("hung", reason, worker)
-                self._kill(worker, reason)
-            elif worker.state is WorkerState.STARTING and now - worker.started_at > config.startup_timeout:
-                self._kill(worker, f"did not get ready within startup_timeout={config.startup_timeout:g} s")
+            if worker.state is WorkerState.STARTING and now - worker.started_at > self.config.startup_timeout:
+                self._kill(worker, f"did not get ready within startup_timeout={self.config.startup_timeout:g} s")
             elif worker.stop_deadline is not None and now > worker.stop_deadline:
                 self._kill(worker, "was still busy when its graceful stop timed out; killed")
 
