@@ -4,15 +4,21 @@ Shaped like gunicorn's arbiter: whoever wants something (the notebook calling ``
 signal handler of ``labkit serve``) only *queues* a command; one loop does everything else::
 
     while not finished:
-        run queued commands            spawn, retire, replace, shut down
+        run queued commands            spawn, retire, shut down; start a reload or a scale
         tick                           restarts that are due, heartbeats that are late,
                                        workers that overstay their start or stop deadline
+        advance reloads and scales     each waits for a worker to get ready or to exit
         wait(control pipes + sentinels + wake pipe, until the next deadline)
         read what workers said         ready, beat, boot_error
         reap workers that exited       diagnose, then restart with backoff, or give up
 
 Only this thread touches processes and pipes. Other threads read state under :attr:`Arbiter.lock`
 and wait on :attr:`Arbiter.changed`, which is notified after every pass.
+
+A reload or a scale takes many passes (start a worker, wait until it is ready, retire the old one,
+wait until it has exited, ...). Each is a generator of :class:`Until` conditions: the loop resumes
+it when its condition holds or its deadline (by the arbiter's clock) has passed, and answers the
+caller's future with what it returns or raises (:meth:`Arbiter.perform`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -51,6 +57,10 @@ __all__ = ["Arbiter", "ArbiterConfig"]
 # How many events a cluster remembers for late readers (a widget opened after the fact).
 EVENT_HISTORY = 500
 
+# Beyond its graceful timeout and the kill margin, how long a reload or scale waits for a retired
+# worker to be reaped. The kill comes at the margin; this only covers a slow reap on a loaded machine.
+EXIT_SLACK = 5.0
+
 
 @dataclass(frozen=True)
 class ArbiterConfig:
@@ -72,6 +82,27 @@ class ArbiterConfig:
     backlog: int
     options: dict = field(default_factory=dict)
     name: str = ""  # how messages and stats name the app, when ``app`` is not what the user wrote
+
+
+@dataclass(frozen=True)
+class Until:
+    """What a multi-step command waits for: ``predicate()`` to hold, or the clock to reach ``deadline``."""
+
+    predicate: Callable[[], bool]
+    deadline: float
+
+
+#: A multi-step command: yields what it waits for, returns its answer (see :meth:`Arbiter.perform`).
+Steps = Generator[Until, None, Any]
+
+
+class _Operation:
+    """A multi-step command in progress, and the future that awaits its answer."""
+
+    def __init__(self, steps: Steps, future: Future) -> None:
+        self.steps = steps
+        self.future = future
+        self.waiting: Until | None = None
 
 
 class _Slot:
@@ -174,6 +205,7 @@ class Arbiter:
         self._on_event = on_event
         self._pending_events: list[ClusterEvent] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._operations: list[_Operation] = []
         self._closing = False
         self._listener: socket.socket | None = None
         self._acceptor: Acceptor | None = None
@@ -204,11 +236,21 @@ class Arbiter:
 
     def call(self, function: Callable[..., Any], *args: Any) -> Future:
         """Run ``function(*args)`` in the supervisor thread; its result arrives in the future."""
+        return self._queue(function, args, multi_step=False)
+
+    def perform(self, steps: Callable[..., Steps], *args: Any) -> Future:
+        """Run the multi-step command ``steps(*args)`` (such as :meth:`reload`) in the supervisor thread.
+
+        The future receives what the generator returns, or the exception it raises, once it is done.
+        """
+        return self._queue(steps, args, multi_step=True)
+
+    def _queue(self, function: Callable[..., Any], args: tuple, *, multi_step: bool) -> Future:
         future: Future = Future()
         if self.finished:
             future.set_exception(ServerStartError("the cluster has stopped; start a new one"))
             return future
-        self._commands.put((function, args, future))
+        self._commands.put((function, args, future, multi_step))
         self._wake()
         return future
 
@@ -237,6 +279,11 @@ class Arbiter:
             wanted = sum(slot.wanted for slot in self.slots.values())
             url = None if self.finished or self.port is None else _url(self.config.host, self.port)
             return ClusterStats(self.config.name or self.config.app, url, self.config.balance, wanted, tuple(records), total)
+
+    def wanted_slots(self) -> list[int]:
+        """Ids of the slots the cluster wants filled, in order."""
+        with self.lock:
+            return sorted(i for i, slot in self.slots.items() if slot.wanted)
 
     def settled(self, slot_ids) -> bool:
         """Whether each of these slots has a ready worker or has given up (errored)."""
@@ -290,6 +337,53 @@ class Arbiter:
         for worker in workers:
             self._retire(worker, self.config.graceful_timeout)
 
+    def reload(self, timeout: float) -> Steps:
+        """Replace every worker, one slot at a time; with :meth:`perform`, answers how many.
+
+        For each slot: start a new worker beside the old one, wait (up to ``timeout``) until it is
+        ready, retire the old one and wait until it has exited. A new worker that does not get
+        ready stops the reload there (:class:`ServerStartError`); the old workers keep serving.
+        """
+        ids = self.wanted_slots()
+        for slot_id in ids:
+            if self._closing:
+                raise ServerStartError(f"reload stopped at worker {slot_id}: the cluster is stopping")
+            old = self._live(self.slots[slot_id])
+            new = self.replace(slot_id)
+            if new is None:
+                raise ServerStartError(f"reload stopped at worker {slot_id}: no new process could be started")
+            yield self._until(lambda: new.state is not WorkerState.STARTING, timeout)
+            if new.state is not WorkerState.READY:
+                why = new.boot_error or new.kill_reason or diagnose(new.exitcode)
+                raise ServerStartError(f"reload stopped at worker {slot_id}: the new process {why}; "
+                                       "the other workers keep serving the previous code")
+            self.retire_workers(old)
+            yield self._until(lambda: _all_exited(old), self._exit_allowance())
+        return len(ids)
+
+    def scale(self, target: int, timeout: float) -> Steps:
+        """Start or retire workers until ``target`` slots are wanted; with :meth:`perform`, answers
+        how many were wanted before.
+
+        New workers are waited for (up to ``timeout``) until ready or errored; retired ones (the
+        newest slots) until they have exited.
+        """
+        current = self.wanted_slots()
+        if target > len(current):
+            ids = self.add_slots(target - len(current))
+            yield self._until(lambda: self.settled(ids), timeout)
+        elif target < len(current):
+            retired = self.retire_slots(current[target:])
+            yield self._until(lambda: _all_exited(retired), self._exit_allowance())
+        return len(current)
+
+    def _until(self, predicate: Callable[[], bool], timeout: float) -> Until:
+        return Until(predicate, self.clock() + timeout)
+
+    def _exit_allowance(self) -> float:
+        """How long a retired worker may take to exit: its graceful stop, the kill margin, and slack."""
+        return self.config.graceful_timeout + self.config.kill_margin + EXIT_SLACK
+
     def shutdown(self, timeout: float) -> None:
         """Stop taking connections, then stop every worker gracefully (killed after ``timeout``)."""
         if self._closing:
@@ -310,6 +404,7 @@ class Arbiter:
                 with self.lock:
                     self._run_commands()
                     self._tick()
+                    self._advance_operations()
                     if self._closing and not self.workers:
                         self.finished = True
                     waitables = self._waitables()
@@ -335,23 +430,46 @@ class Arbiter:
     def _run_commands(self) -> None:
         while True:
             try:
-                function, args, future = self._commands.get_nowait()
+                function, args, future, multi_step = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(function(*args))
-                except Exception as exc:  # handed to the caller, who re-raises it
-                    future.set_exception(exc)
+            if not future.set_running_or_notify_cancel():
+                continue
+            if multi_step:
+                self._operations.append(_Operation(function(*args), future))
+                continue
+            try:
+                future.set_result(function(*args))
+            except Exception as exc:  # handed to the caller, who re-raises it
+                future.set_exception(exc)
+
+    def _advance_operations(self) -> None:
+        """Resume each multi-step command whose condition holds or whose deadline has passed."""
+        for operation in list(self._operations):
+            try:
+                while operation.waiting is None or operation.waiting.predicate() \
+                        or self.clock() >= operation.waiting.deadline:
+                    operation.waiting = next(operation.steps)
+            except StopIteration as done:
+                self._operations.remove(operation)
+                operation.future.set_result(done.value)
+            except Exception as exc:  # handed to the caller, who re-raises it
+                self._operations.remove(operation)
+                operation.future.set_exception(exc)
 
     def _refuse_pending_commands(self) -> None:
+        refusal = "the cluster stopped before it could do that"
+        for operation in self._operations:
+            operation.steps.close()
+            operation.future.set_exception(ServerStartError(refusal))
+        self._operations.clear()
         while True:
             try:
-                _, _, future = self._commands.get_nowait()
+                _, _, future, _ = self._commands.get_nowait()
             except queue.Empty:
                 return
             if future.set_running_or_notify_cancel():
-                future.set_exception(ServerStartError("the cluster stopped before it could do that"))
+                future.set_exception(ServerStartError(refusal))
 
     def _waitables(self) -> list:
         """What may wake the loop: the wake pipe, each worker's sentinel and open control pipe."""
@@ -377,6 +495,7 @@ class Arbiter:
         now = self.clock()
         config = self.config
         deadlines = [slot.restart_at for slot in self.slots.values() if slot.restart_at is not None]
+        deadlines.extend(op.waiting.deadline for op in self._operations if op.waiting is not None)
         for worker in self.workers:
             if worker.state is WorkerState.READY:
                 deadlines.append(worker.last_beat + config.heartbeat_timeout)
@@ -668,6 +787,10 @@ class Arbiter:
         for sock in (self._listener, self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
+
+
+def _all_exited(workers) -> bool:
+    return all(not w.state.alive for w in workers)
 
 
 def _url(host: str, port: int) -> str:

@@ -6,7 +6,7 @@ import multiprocessing
 import multiprocessing.util
 from collections.abc import Callable
 from typing import Any
-from functools import partial
+from concurrent.futures import Future
 
 from ._arbiter import Arbiter, ArbiterConfig
 from ._balance import BALANCE_MODES, check_balance
@@ -343,23 +343,8 @@ class Cluster:
         """
         arbiter = self._require_running()
         wait = self.startup_timeout if timeout is None else timeout
-        with arbiter.lock:
-            ids = sorted(i for i, slot in arbiter.slots.items() if slot.wanted)
-        for slot_id in ids:
-            with arbiter.lock:
-                old = [w for w in arbiter.workers if w.slot.id == slot_id]
-            new = arbiter.call(arbiter.replace, slot_id).result(wait)
-            if new is None:
-                raise ServerStartError(f"reload stopped at worker {slot_id}: no new process could be started")
-            arbiter.wait_until(partial(_past_starting, [new]), wait)
-            self._raise_if_crashed()
-            if new.state is not WorkerState.READY:
-                why = new.boot_error or new.kill_reason or diagnose(new.exitcode)
-                raise ServerStartError(f"reload stopped at worker {slot_id}: the new process {why}; "
-                                       "the other workers keep serving the previous code")
-            arbiter.call(arbiter.retire_workers, old).result(wait)
-            arbiter.wait_until(partial(_all_exited, old), self.graceful_timeout + KILL_MARGIN + 5)
-        self._notify(ClusterEvent("reloaded", f"reloaded {len(ids)} workers"))
+        count = self._answer(arbiter.perform(arbiter.reload, wait))
+        self._notify(ClusterEvent("reloaded", f"reloaded {count} workers"))
 
     def scale(self, workers: int | str, timeout: float | None = None) -> None:
         """Change the number of workers while serving: start new ones, or retire the newest.
@@ -369,23 +354,14 @@ class Cluster:
         arbiter = self._require_running()
         target = resolve_workers(workers)
         wait = self.startup_timeout if timeout is None else timeout
-        with arbiter.lock:
-            current = sorted(i for i, slot in arbiter.slots.items() if slot.wanted)
-        if target > len(current):
-            ids = arbiter.call(arbiter.add_slots, target - len(current)).result(wait)
-            arbiter.wait_until(lambda: arbiter.settled(ids), wait)
-        elif target < len(current):
-            retired = arbiter.call(arbiter.retire_slots, current[target:]).result(wait)
-            arbiter.wait_until(partial(_all_exited, retired), self.graceful_timeout + KILL_MARGIN + 5)
-        self._raise_if_crashed()
+        before = self._answer(arbiter.perform(arbiter.scale, target, wait))
         self.workers = target
-        self._notify(ClusterEvent("scaled", f"scaled from {len(current)} to {target} workers"))
+        self._notify(ClusterEvent("scaled", f"scaled from {before} to {target} workers"))
 
     def wait_ready(self, timeout: float | None = None) -> ClusterStats:
         """Block until every wanted worker is ready or errored (after a crash, say); return stats."""
         arbiter = self._require_running()
-        with arbiter.lock:
-            ids = [i for i, slot in arbiter.slots.items() if slot.wanted]
+        ids = arbiter.wanted_slots()
         if not arbiter.wait_until(lambda: arbiter.settled(ids), self.startup_timeout if timeout is None else timeout):
             raise ServerStartError("workers did not get ready in time; look at cluster.events for why")
         return self.stats()
@@ -402,6 +378,20 @@ class Cluster:
         if self._arbiter is None or self._arbiter.finished:
             raise ServerStartError("the cluster is not running; call start() or use 'with Cluster(...)'")
         return self._arbiter
+
+    def _answer(self, future: Future) -> Any:
+        """Wait for a command's answer; the arbiter's own deadlines bound the wait."""
+        arbiter = self._require_running()
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_ANSWER_POLL)
+                except TimeoutError:
+                    if arbiter.finished and not future.done():  # queued just as the loop ended
+                        raise ServerStartError("the cluster stopped before it could do that") from None
+        except ServerStartError:
+            self._raise_if_crashed()  # the real cause, if the supervisor died under the command
+            raise
 
     def _raise_if_crashed(self) -> None:
         if self._arbiter is not None and self._arbiter.crashed is not None:
@@ -435,12 +425,8 @@ class Cluster:
         return f"<Cluster {self.app!r} {state} balance={self.balance} start_method={self.start_method}>"
 
 
-def _past_starting(workers) -> bool:
-    return all(w.state is not WorkerState.STARTING for w in workers)
-
-
-def _all_exited(workers) -> bool:
-    return all(not w.state.alive for w in workers)
+# While waiting for the arbiter's answer, how often to check that it is still there to answer.
+_ANSWER_POLL = 1.0
 
 
 def _stop_at_exit(arbiter: Arbiter, timeout: float) -> None:
