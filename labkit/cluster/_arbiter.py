@@ -43,11 +43,11 @@ from ._balance import Acceptor, bind_listener
 from ._state import (
     ClusterEvent,
     ClusterStats,
-    RestartPolicy,
     WorkerState,
     WorkerStats,
     diagnose,
 )
+from ._settings import ClusterSettings
 from ._worker import BEAT, BOOT_ERROR, READY, STOP, WorkerSpec, run_worker
 from .._format import format_host
 from ..errors import ServerStartError
@@ -64,22 +64,15 @@ EXIT_SLACK = 5.0
 
 @dataclass(frozen=True)
 class ArbiterConfig:
-    """Everything the supervisor needs; :class:`labkit.cluster.Cluster` fills it in."""
+    """Everything the supervisor needs; :class:`labkit.cluster.Cluster` fills it in.
+
+    ``settings`` are the cluster's checked settings (timeouts, restart policy, address, ...);
+    the rest is what the workers run and how they start.
+    """
 
     app: str
-    balance: str
-    host: str
-    port: int
+    settings: ClusterSettings
     context: Any  # a multiprocessing context
-    policy: RestartPolicy
-    heartbeat_interval: float
-    heartbeat_timeout: float
-    startup_timeout: float
-    graceful_timeout: float
-    kill_margin: float
-    drain_quiet: float
-    max_wait: float
-    backlog: int
     options: dict = field(default_factory=dict)
     name: str = ""  # how messages and stats name the app, when ``app`` is not what the user wrote
 
@@ -192,6 +185,7 @@ class Arbiter:
     def __init__(self, config: ArbiterConfig, on_event: Callable[[ClusterEvent], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.settings = config.settings
         self.clock = clock
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
@@ -217,18 +211,18 @@ class Arbiter:
 
     def open(self) -> None:
         """Bind the cluster's socket and start the supervisor thread (no workers yet)."""
-        config = self.config
+        settings = self.settings
         try:
             self._listener = bind_listener(
-                config.host, config.port, reuse_port=config.balance == "reuseport",
-                listen=config.balance != "reuseport", backlog=config.backlog,
+                settings.host, settings.port, reuse_port=settings.balance == "reuseport",
+                listen=settings.balance != "reuseport", backlog=settings.backlog,
             )
         except OSError as exc:
-            raise ServerStartError(_bind_failure(config.host, config.port, exc)) from exc
+            raise ServerStartError(_bind_failure(settings.host, settings.port, exc)) from exc
         self.port = self._listener.getsockname()[1]
         # A pipe, not a socketpair: multiprocessing.connection.wait takes pipes on every OS.
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
-        if config.balance == "round-robin":
+        if settings.balance == "round-robin":
             self._acceptor = Acceptor(self._listener)
             self._acceptor.start()
         self._thread = threading.Thread(target=self._run, name="labkit-cluster-arbiter", daemon=True)
@@ -277,8 +271,8 @@ class Arbiter:
                 records.extend(self._record(w, now) for w in shown)
             total = self.served_by_exited + sum(w.requests for w in self.workers)
             wanted = sum(slot.wanted for slot in self.slots.values())
-            url = None if self.finished or self.port is None else _url(self.config.host, self.port)
-            return ClusterStats(self.config.name or self.config.app, url, self.config.balance, wanted, tuple(records), total)
+            url = None if self.finished or self.port is None else _url(self.settings.host, self.port)
+            return ClusterStats(self.config.name or self.config.app, url, self.settings.balance, wanted, tuple(records), total)
 
     def wanted_slots(self) -> list[int]:
         """Ids of the slots the cluster wants filled, in order."""
@@ -319,7 +313,7 @@ class Arbiter:
             slot.wanted = False
             slot.restart_at = None
             for worker in self._live(slot):
-                self._retire(worker, self.config.graceful_timeout)
+                self._retire(worker, self.settings.graceful_timeout)
                 retired.append(worker)
         return retired
 
@@ -335,7 +329,7 @@ class Arbiter:
     def retire_workers(self, workers) -> None:
         """Ask these workers to stop gracefully."""
         for worker in workers:
-            self._retire(worker, self.config.graceful_timeout)
+            self._retire(worker, self.settings.graceful_timeout)
 
     def reload(self, timeout: float) -> Steps:
         """Replace every worker, one slot at a time; with :meth:`perform`, answers how many.
@@ -382,7 +376,7 @@ class Arbiter:
 
     def _exit_allowance(self) -> float:
         """How long a retired worker may take to exit: its graceful stop, the kill margin, and slack."""
-        return self.config.graceful_timeout + self.config.kill_margin + EXIT_SLACK
+        return self.settings.graceful_timeout + self.settings.kill_margin + EXIT_SLACK
 
     def shutdown(self, timeout: float) -> None:
         """Stop taking connections, then stop every worker gracefully (killed after ``timeout``)."""
@@ -493,18 +487,18 @@ class Arbiter:
 
     def _next_wakeup(self) -> float:
         now = self.clock()
-        config = self.config
+        settings = self.settings
         deadlines = [slot.restart_at for slot in self.slots.values() if slot.restart_at is not None]
         deadlines.extend(op.waiting.deadline for op in self._operations if op.waiting is not None)
         for worker in self.workers:
             if worker.state is WorkerState.READY:
-                deadlines.append(worker.last_beat + config.heartbeat_timeout)
+                deadlines.append(worker.last_beat + settings.heartbeat_timeout)
             elif worker.state is WorkerState.STARTING:
-                deadlines.append(worker.started_at + config.startup_timeout)
+                deadlines.append(worker.started_at + settings.startup_timeout)
             elif worker.stop_deadline is not None:
                 deadlines.append(worker.stop_deadline)
-        soonest = min(deadlines, default=now + config.max_wait)
-        return min(max(soonest - now, 0.0), config.max_wait)
+        soonest = min(deadlines, default=now + settings.max_wait)
+        return min(max(soonest - now, 0.0), settings.max_wait)
 
     def _tick(self) -> None:
         """Everything that is due by the clock, in three steps."""
@@ -526,7 +520,7 @@ class Arbiter:
 
     def _kill_silent(self, now: float) -> None:
         """Kill ready workers whose loop has sent no heartbeat for ``heartbeat_timeout``."""
-        timeout = self.config.heartbeat_timeout
+        timeout = self.settings.heartbeat_timeout
         for worker in list(self.workers):
             if worker.kill_reason is not None or worker.state is not WorkerState.READY:
                 continue
@@ -546,19 +540,19 @@ class Arbiter:
         for worker in list(self.workers):
             if worker.kill_reason is not None:
                 continue
-            if worker.state is WorkerState.STARTING and now - worker.started_at > self.config.startup_timeout:
-                self._kill(worker, f"did not get ready within startup_timeout={self.config.startup_timeout:g} s")
+            if worker.state is WorkerState.STARTING and now - worker.started_at > self.settings.startup_timeout:
+                self._kill(worker, f"did not get ready within startup_timeout={self.settings.startup_timeout:g} s")
             elif worker.stop_deadline is not None and now > worker.stop_deadline:
                 self._kill(worker, "was still busy when its graceful stop timed out; killed")
 
     # ---------------------------------------------------------------- worker bookkeeping
 
     def _spawn(self, slot: _Slot) -> _Worker | None:
-        config = self.config
+        config, settings = self.config, self.settings
         context = config.context
         primary_end, worker_end = context.Pipe(duplex=True)
         handoff_primary = handoff_worker = None
-        if config.balance == "round-robin":
+        if settings.balance == "round-robin":
             handoff_primary, handoff_worker = socket.socketpair()
             handoff_primary.setblocking(False)
         start_method = context.get_start_method()
@@ -567,12 +561,10 @@ class Arbiter:
             mine = [primary_end.fileno()] + ([handoff_primary.fileno()] if handoff_primary else [])
             close_fds = tuple(self._primary_fds() + mine)
         spec = WorkerSpec(
-            app=config.app, worker_id=slot.id, primary_pid=os.getpid(), balance=config.balance,
-            host=config.host, port=self.port or 0, heartbeat_interval=config.heartbeat_interval,
-            graceful_timeout=config.graceful_timeout, drain_quiet=config.drain_quiet,
-            start_method=start_method, options=dict(config.options), close_fds=close_fds,
+            app=config.app, worker_id=slot.id, primary_pid=os.getpid(), port=self.port or 0,
+            start_method=start_method, settings=settings, options=dict(config.options), close_fds=close_fds,
         )
-        listener = self._listener if config.balance == "os" else None
+        listener = self._listener if settings.balance == "os" else None
         process = context.Process(target=run_worker, args=(spec, worker_end, listener, handoff_worker),
                                   name=f"labkit-worker-{slot.id}")
         try:
@@ -598,7 +590,7 @@ class Arbiter:
     def _primary_fds(self) -> list[int]:
         """Descriptors a forked worker must close: everything that is the primary's alone."""
         fds = [s.fileno() for s in (self._wake_r, self._wake_w) if s is not None]
-        if self._listener is not None and self.config.balance != "os":
+        if self._listener is not None and self.settings.balance != "os":
             fds.append(self._listener.fileno())
         if self._acceptor is not None:
             fds.extend(self._acceptor.fds())
@@ -657,7 +649,7 @@ class Arbiter:
             self._emit("exited", reason, worker)  # a retired slot, or a failed reload replacement
             return
         uptime = self.clock() - worker.started_at
-        decision = self.config.policy.after_exit(uptime, slot.backoff, slot.young_deaths)
+        decision = self.settings.policy.after_exit(uptime, slot.backoff, slot.young_deaths)
         slot.backoff, slot.young_deaths = decision.backoff, decision.young_deaths
         # A worker that reports a boot error before its slot ever served is not unlucky: the app
         # does not import, or its factory raises. Restarting would fail the same way; halt, as
@@ -674,7 +666,7 @@ class Arbiter:
     def _give_up_message(self, slot: _Slot, reason: str) -> str:
         if slot.first_boot and slot.boot_error:
             return f"{reason}; not restarting: fix the app, then start again (or call reload())"
-        policy = self.config.policy
+        policy = self.settings.policy
         return (f"{reason}; it died {slot.young_deaths} times in a row within min_uptime={policy.min_uptime:g} s "
                 "of starting, so it is not restarted again: fix the app, then call reload()")
 
@@ -685,7 +677,7 @@ class Arbiter:
         worker.planned = True
         if self._acceptor is not None:
             self._acceptor.remove(worker)  # no hand-off after this line
-        worker.stop_deadline = self.clock() + timeout + self.config.kill_margin
+        worker.stop_deadline = self.clock() + timeout + self.settings.kill_margin
         try:
             worker.control.send((STOP, timeout))
         except OSError:

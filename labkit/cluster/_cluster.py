@@ -9,7 +9,7 @@ from typing import Any
 from concurrent.futures import Future
 
 from ._arbiter import Arbiter, ArbiterConfig
-from ._balance import BALANCE_MODES, check_balance
+from ._balance import BALANCE_MODES
 from ._by_value import factory_name, pickled_app
 from ._state import (
     ClusterEvent,
@@ -19,6 +19,7 @@ from ._state import (
     WorkerStats,
     diagnose,
 )
+from ._settings import KILL_MARGIN, ClusterSettings, declared
 from ._worker import WORKER_ID_ENV
 from .._format import format_host
 from ..cores import safe_start_method, usable_cores
@@ -36,70 +37,6 @@ __all__ = [
     "BALANCE_MODES",
     "WORKER_ID_ENV",
 ]
-
-# ---------------------------------------------------------------------------------- tunables
-# Every number below trades one good thing for another; the comment says which.
-
-# First restart comes this soon after a crash. Small, so a one-off crash costs little capacity;
-# not zero, so a worker that dies instantly cannot make the primary fork in a tight loop.
-RESTART_DELAY = 0.1
-
-# Each further restart in a row waits this many times longer. 2 (the classic) reaches the cap in
-# a handful of crashes and then leaves a slot empty for long after a brief outage; 1.5 backs off
-# more gently, so a flapping dependency is retried often while it recovers.
-BACKOFF_FACTOR = 1.5
-
-# The longest wait between restarts. Longer spares the machine from a hopeless worker; shorter
-# brings the capacity back sooner once the cause is fixed.
-MAX_RESTART_DELAY = 10.0
-
-# A worker up this long has proved itself: its next crash is bad luck again and waits only
-# RESTART_DELAY. Shorter forgives a flapping worker too soon; longer punishes a healthy one.
-STABLE_UPTIME = 30.0
-
-# Dying within this many seconds of starting counts as "crashing at boot" for the crash-loop
-# guard (PM2's min_uptime). Too short and a slow-to-crash app loops forever; too long and a
-# genuine runtime crash soon after start is mistaken for a broken app.
-MIN_UPTIME = 1.0
-
-# A worker that crashes at boot more than this many times in a row is marked errored and left
-# alone: the app is broken, and restarting it forever only burns CPU and hides the error.
-MAX_RESTARTS = 5
-
-# How often a worker's event loop tells the primary it is alive (and how many requests it has
-# served). More often: fresher stats and faster hang detection, but more wake-ups for everyone.
-HEARTBEAT_INTERVAL = 1.0
-
-# A worker silent for this long is hung (its loop blocked by a long synchronous computation, a
-# deadlock, ...) and is killed and replaced. gunicorn's default; shorter also kills workers that
-# are merely busy with a legitimately long synchronous request.
-HEARTBEAT_TIMEOUT = 30.0
-
-# How long a stopping worker may take to finish its in-flight requests before it is killed. Long
-# enough for slow requests; short enough that a reload or Ctrl-C does not seem to hang.
-GRACEFUL_TIMEOUT = 10.0
-
-# Extra time after GRACEFUL_TIMEOUT before the primary kills a worker that has not exited (it
-# may be writing its last responses).
-KILL_MARGIN = 2.0
-
-# How long a worker may take to import, build its app and listen. Spawned workers import
-# tornado and numpy afresh: well under a second on a laptop, several on a loaded CI machine.
-STARTUP_TIMEOUT = 60.0
-
-# A draining worker exits once no request is in flight and none has started for this long. Its
-# last responses say "Connection: close", so clients move on; the pause lets a request already
-# on its way over a kept-alive connection arrive and be served instead of cut off.
-DRAIN_QUIET = 0.3
-
-# Longest the supervisor sleeps with nothing due. It wakes earlier for any deadline or message;
-# this only bounds how stale a missed deadline could get. Once a second costs nothing.
-SUPERVISOR_MAX_WAIT = 1.0
-
-# Connections the kernel queues for accept() before refusing more. Deep enough for a burst of a
-# load test's connections; a deeper queue turns overload into latency instead of refusals.
-BACKLOG = 1024
-
 
 def resolve_workers(workers: int | str) -> int:
     """Turn ``"max"``, ``-1`` or a positive count into a number of workers.
@@ -122,6 +59,11 @@ def resolve_workers(workers: int | str) -> int:
     if workers < 1:
         raise ConfigurationError(f"workers must be 'max', -1 or a positive integer; got {workers}")
     return workers
+
+
+# Cluster's keyword defaults come from the settings' declarations.
+_DEFAULT = ClusterSettings()
+_SETTING_NAMES = frozenset(declaration.name for declaration in declared())
 
 
 class Cluster:
@@ -155,7 +97,8 @@ class Cluster:
         port: 0 lets the system pick a free port (see :attr:`url`).
         start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` means ``"forkserver"``
             where the platform has it, else ``"spawn"`` (see :func:`labkit.cores.safe_start_method`).
-        min_uptime, max_restarts: the crash-loop guard (see :data:`MIN_UPTIME`, :data:`MAX_RESTARTS`).
+        min_uptime, max_restarts: the crash-loop guard (see :mod:`labkit.cluster._settings` for
+            every setting's default and the trade-off behind it).
         restart_delay, max_restart_delay, backoff_factor, stable_uptime: restart backoff.
         heartbeat_timeout: replace a worker whose loop is silent this long.
         graceful_timeout: how long stopping workers may finish in-flight requests.
@@ -168,24 +111,27 @@ class Cluster:
     def __init__(
         self,
         app: str | Callable[..., Any],
-        workers: int | str = "max",
-        balance: str = "os",
-        host: str = "127.0.0.1",
-        port: int = 0,
+        workers: int | str = _DEFAULT.workers,
+        balance: str = _DEFAULT.balance,
+        host: str = _DEFAULT.host,
+        port: int = _DEFAULT.port,
         *,
-        start_method: str | None = None,
-        min_uptime: float = MIN_UPTIME,
-        max_restarts: int = MAX_RESTARTS,
-        restart_delay: float = RESTART_DELAY,
-        max_restart_delay: float = MAX_RESTART_DELAY,
-        backoff_factor: float = BACKOFF_FACTOR,
-        stable_uptime: float = STABLE_UPTIME,
-        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
-        graceful_timeout: float = GRACEFUL_TIMEOUT,
-        startup_timeout: float = STARTUP_TIMEOUT,
+        start_method: str | None = _DEFAULT.start_method,
+        min_uptime: float = _DEFAULT.min_uptime,
+        max_restarts: int = _DEFAULT.max_restarts,
+        restart_delay: float = _DEFAULT.restart_delay,
+        max_restart_delay: float = _DEFAULT.max_restart_delay,
+        backoff_factor: float = _DEFAULT.backoff_factor,
+        stable_uptime: float = _DEFAULT.stable_uptime,
+        heartbeat_timeout: float = _DEFAULT.heartbeat_timeout,
+        graceful_timeout: float = _DEFAULT.graceful_timeout,
+        startup_timeout: float = _DEFAULT.startup_timeout,
         options: dict | None = None,
         on_change: Callable[[ClusterEvent], None] | None = None,
     ) -> None:
+        # Every argument but the app, its options and the callback is a setting: ClusterSettings
+        # checks each one by its own declaration (tests/test_settings.py keeps the two in step).
+        chosen = {name: value for name, value in locals().items() if name in _SETTING_NAMES}
         options = dict(options or {})
         app_name = app
         if callable(app) and not isinstance(app, str):
@@ -196,21 +142,7 @@ class Cluster:
         module, sep, attr = app.partition(":")
         if not (module and sep and attr):
             raise ConfigurationError(f"app must look like 'module:factory' (say 'labkit.demo:demo_app'); got {app!r}")
-        check_balance(balance)
-        if start_method is not None and start_method not in multiprocessing.get_all_start_methods():
-            methods = ", ".join(multiprocessing.get_all_start_methods())
-            raise ConfigurationError(f"start_method must be one of {methods}; got {start_method!r}")
-        for name, value in (("min_uptime", min_uptime), ("restart_delay", restart_delay),
-                            ("heartbeat_timeout", heartbeat_timeout), ("graceful_timeout", graceful_timeout),
-                            ("startup_timeout", startup_timeout), ("max_restart_delay", max_restart_delay)):
-            if value < 0:
-                raise ConfigurationError(f"{name} must be non-negative; got {value}")
-        if max_restarts < 0:
-            raise ConfigurationError(f"max_restarts must be non-negative; got {max_restarts}")
-        if backoff_factor < 1:
-            raise ConfigurationError(f"backoff_factor must be at least 1; got {backoff_factor}")
-        if not 0 <= port <= 65535:
-            raise ConfigurationError(f"port must be between 0 and 65535; got {port}")
+        settings = ClusterSettings(**chosen)
         self.app = app_name
         self.balance = balance
         self.host = host
@@ -222,16 +154,8 @@ class Cluster:
         self.startup_timeout = startup_timeout
         self.on_change = on_change
         self._port = port
-        self._config = ArbiterConfig(
-            app=app, name=app_name, balance=balance, host=host, port=port,
-            context=multiprocessing.get_context(self.start_method),
-            policy=RestartPolicy(restart_delay, backoff_factor, max_restart_delay, stable_uptime,
-                                 min_uptime, max_restarts),
-            heartbeat_interval=min(HEARTBEAT_INTERVAL, max(heartbeat_timeout / 4, 0.05)),
-            heartbeat_timeout=heartbeat_timeout, startup_timeout=startup_timeout,
-            graceful_timeout=graceful_timeout, kill_margin=KILL_MARGIN, drain_quiet=DRAIN_QUIET,
-            max_wait=SUPERVISOR_MAX_WAIT, backlog=BACKLOG, options=options,
-        )
+        self._config = ArbiterConfig(app=app, name=app_name, settings=settings, options=options,
+                                     context=multiprocessing.get_context(self.start_method))
         self._arbiter: Arbiter | None = None
         self._finalizer: multiprocessing.util.Finalize | None = None
 

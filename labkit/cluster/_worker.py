@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection
 
 from .. import _lifeline
 from ._balance import bind_listener, receive_handoffs
+from ._settings import ClusterSettings
 from ._state import BOOT_ERROR_EXIT
 
 __all__ = ["WorkerSpec", "run_worker", "WORKER_ID_ENV"]
@@ -57,18 +58,18 @@ _DRAIN_POLL = 0.05
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker process needs to know, as picklable plain data."""
+    """Everything a worker process needs to know, as picklable plain data.
+
+    ``settings`` are the cluster's (its address, balancing, heartbeat and drain timing);
+    ``port`` is the one the primary bound, which differs from ``settings.port`` when that is 0.
+    """
 
     app: str
     worker_id: int
     primary_pid: int
-    balance: str
-    host: str
     port: int
-    heartbeat_interval: float
-    graceful_timeout: float
-    drain_quiet: float
     start_method: str
+    settings: ClusterSettings
     options: dict = field(default_factory=dict)
     close_fds: tuple[int, ...] = ()
 
@@ -142,11 +143,11 @@ def _boot(spec: WorkerSpec, listener: socket.socket | None):
     os.environ[WORKER_ID_ENV] = str(spec.worker_id)
     app = load_app(spec.app, **spec.options)
     sockets: list[socket.socket] = []
-    if spec.balance == "os":
+    if spec.settings.balance == "os":
         assert listener is not None, "os balancing needs the primary's listening socket"
         sockets.append(listener)
-    elif spec.balance == "reuseport":
-        sockets.append(bind_listener(spec.host, spec.port, reuse_port=True))
+    elif spec.settings.balance == "reuseport":
+        sockets.append(bind_listener(spec.settings.host, spec.port, reuse_port=True))
     for sock in sockets:
         sock.setblocking(False)
     return app, sockets
@@ -204,7 +205,7 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
     _count_requests(app, tally)
     server = tornado.httpserver.HTTPServer(app)
     stop = asyncio.Event()
-    stop_timeout = [spec.graceful_timeout]
+    stop_timeout = [spec.settings.graceful_timeout]
 
     def on_control() -> None:
         try:
@@ -255,11 +256,11 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
         _report_boot_error(control, exc)
         raise SystemExit(BOOT_ERROR_EXIT) from None
     _send(control, stop, (READY, os.getpid()))
-    beating = loop.create_task(_beat(control, tally, spec.heartbeat_interval, stop))
+    beating = loop.create_task(_beat(control, tally, spec.settings.heartbeat_interval, stop))
     try:
         await stop.wait()
         tally.draining = True
-        if spec.balance == "reuseport":
+        if spec.settings.balance == "reuseport":
             # Closing a SO_REUSEPORT socket resets the connections still queued on it (the
             # kernel does not move them to the other workers' sockets). Take them first.
             for sock in sockets:
@@ -270,7 +271,7 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
             take_connections()  # anything the primary sent before it stopped sending to us
             if handoff.fileno() >= 0:
                 loop.remove_reader(handoff.fileno())
-        await _drain(server, tally, stop_timeout[0], spec.drain_quiet)
+        await _drain(server, tally, stop_timeout[0], spec.settings.drain_quiet)
     finally:
         beating.cancel()
         if hasattr(app, "labkit_close"):
