@@ -8,6 +8,7 @@ import inspect
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from labkit.cores import safe_start_method
 from labkit.errors import ConfigurationError
 
 APP = "labkit.demo:demo_app"
+SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
 DURATIONS = ["min_uptime", "restart_delay", "max_restart_delay", "stable_uptime", "heartbeat_timeout",
              "graceful_timeout", "startup_timeout"]
 
@@ -112,3 +114,68 @@ def test_settings_are_plain_data_that_compare_by_value():
     assert ClusterSettings(graceful_timeout=1) == ClusterSettings(graceful_timeout=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         ClusterSettings().graceful_timeout = 1  # type: ignore[misc]
+
+
+# ================================================================== labkit grade's settings
+
+
+def grade_help() -> str:
+    from labkit.cli import _grade
+
+    parser = argparse.ArgumentParser(prog="labkit grade")
+    _grade.configure(parser)
+    return " ".join(parser.format_help().split("options:")[1].split())
+
+
+def test_grade_help_states_the_defaults_the_grader_really_uses():
+    from labkit.grading._engine import DEFAULT_CELL_TIMEOUT
+    from labkit.grading.grade import BUDGET_CELLS, MEMORY_SHARE
+
+    text = grade_help()
+    assert f"seconds one cell may run (default: {DEFAULT_CELL_TIMEOUT})" in text
+    assert f"(default: {BUDGET_CELLS} cell timeouts)" in text
+    assert f"(default: {MEMORY_SHARE:.0%} of the machine's" in text
+
+
+def test_grade_options_become_the_settings_they_declare():
+    from labkit.cli import _grade
+    from labkit.grading.grade import GradeSettings
+
+    parser = argparse.ArgumentParser()
+    _grade.configure(parser)
+    args = parser.parse_args(["x.ipynb", "--timeout", "5", "--memory-limit", "300", "--jobs", "2"])
+    settings = GradeSettings(**{name: getattr(args, name) for name, _, _ in _grade._options()})
+    assert (settings.timeout, settings.memory_limit, settings.jobs, settings.budget) == (5, 300 * 2**20, 2, None)
+    defaults = parser.parse_args(["x.ipynb"])
+    assert (defaults.timeout, defaults.jobs, defaults.memory_limit) == (GradeSettings().timeout, "max", None)
+
+
+@pytest.mark.parametrize("option, value, complaint", [
+    ("--timeout", "0", "the cell timeout must be at least 1 second, got 0"),
+    ("--jobs", "some", "expected 'max' or a whole number, got 'some'"),
+    ("--memory-limit", "-5", "expected at least 1, got -5"),
+])
+def test_a_bad_grade_option_is_refused_by_its_declaration_with_usage_status(option, value, complaint, capsys):
+    from labkit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["grade", "x.ipynb", option, value])
+    assert exc.value.code == 2 and complaint in capsys.readouterr().err
+
+
+def test_grade_options_that_do_not_fit_together_are_one_line_and_status_2(tmp_path):
+    (tmp_path / "alice.ipynb").write_text("{}")
+    result = subprocess.run([sys.executable, "-m", "labkit", "grade", str(tmp_path / "alice.ipynb"), "--solutions",
+                             str(SOLUTIONS), "--timeout", "60", "--submission-timeout", "10", "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "labkit grade: the submission budget (10 s) must be at least one cell timeout (60 s)")
+    assert "Traceback" not in result.stderr
+
+
+def test_the_engine_refuses_a_cell_timeout_under_a_second_when_its_settings_are_made():
+    from labkit.grading._engine import EngineSettings
+
+    with pytest.raises(ConfigurationError, match="at least 1 second"):
+        EngineSettings(timeout=0)
