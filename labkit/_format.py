@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 
+def format_host(host: str) -> str:
+    """``host`` as it goes before ``:port`` in a URL or a Host header: IPv6 addresses in brackets.
+
+    ``"127.0.0.1"`` stays as it is, ``"::1"`` becomes ``"[::1]"`` (without the brackets, the
+    port's colon could not be told from the address's own colons).
+    """
+    return f"[{host}]" if ":" in host else host
+
+
 def format_uptime(seconds: float) -> str:
     """``42s``, ``7m``, ``1.5h``; ``-`` for a process that is not up."""
     if seconds <= 0:

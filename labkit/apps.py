@@ -36,6 +36,7 @@ import tornado.netutil
 import tornado.web
 
 from . import _lifeline
+from ._format import format_host
 from .errors import ConfigurationError, ServerStartError
 
 __all__ = ["AppServer", "load_app", "DEMO_APP"]
@@ -121,8 +122,7 @@ class AppServer:
         """Base URL such as ``http://127.0.0.1:41873``."""
         if self._proc is None:
             raise ServerStartError("the server is not running; call start() or use 'with AppServer(...)'")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{format_host(self.host)}:{self.port}"
 
     @property
     def running(self) -> bool:

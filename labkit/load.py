@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
+from ._format import format_host
 from .errors import ConfigurationError, LabkitError
 
 __all__ = ["LoadReport", "LoadError", "run_load", "run_load_async", "ERROR_KINDS"]
@@ -431,8 +432,7 @@ async def _drive(url: str, concurrency: int = 64, duration: float | None = 10.0,
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = f"[{host}]" if ":" in host else host
-    payload = (f"GET {path} HTTP/1.1\r\nHost: {host_header}:{port}\r\n"
+    payload = (f"GET {path} HTTP/1.1\r\nHost: {format_host(host)}:{port}\r\n"
                "User-Agent: labkit-load\r\nAccept: */*\r\n\r\n").encode()
     started = time.perf_counter()
     tally = _Tally(started + duration if duration is not None else None, requests)

@@ -139,3 +139,17 @@ def test_serve_reports_a_failed_start_in_one_line_and_leaves_nothing_running(cas
     assert error.startswith("labkit serve: ") and expected in error
     assert "Traceback" not in error
     assert not serve.stragglers()
+
+
+def test_serve_uses_the_start_method_its_help_names_as_the_default():
+    help_text = subprocess.run([sys.executable, "-m", "labkit", "serve", "--help"], capture_output=True, text=True,
+                               timeout=60).stdout
+    options = " ".join(help_text.split("options:")[1].split())
+    promised = re.search(r"--start-method \S+ .*?\(default (\w+)\)", options).group(1)
+    serve = Serve("labkit.demo:demo_app", "-w", "1", "--port", "0")
+    used = serve.wait_for(r"start method (\w+)\)").group(1)
+    serve.process.send_signal(signal.SIGINT)
+    code, error = serve.finish()
+    assert code == 0, error
+    assert used == promised
+    assert not serve.stragglers()

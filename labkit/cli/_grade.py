@@ -11,57 +11,55 @@ grader failed on a submission, 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from labkit.grading import SubmissionResult
+    from labkit.grading.grade import Option
 
 __all__ = ["configure", "run"]
 
 
-def _jobs(text: str) -> int | str:
-    if text == "max":
-        return text
-    try:
-        jobs = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'max' or a whole number, got {text!r}") from None
-    if jobs < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 job, got {jobs}")
-    return jobs
+def _options() -> list[tuple[str, Any, Option]]:
+    """(field name, command default, declaration) of each GradeSettings field that has an option."""
+    from labkit.grading.grade import GradeSettings
+
+    found = []
+    for f in dataclasses.fields(GradeSettings):
+        option = f.metadata.get("option")
+        if option is not None:
+            found.append((f.name, f.default if option.command_default is None else option.command_default, option))
+    return found
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+def _argument_type(option: Option) -> Callable[[str], Any]:
+    """``option.parse``, with its complaint shown by argparse (which hides a plain ValueError's)."""
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = option.metavar  # argparse names the type in some messages
+    return parse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Declare the arguments of ``labkit grade``."""
+    """Declare the arguments of ``labkit grade``: the inputs and outputs, then GradeSettings' options."""
     parser.add_argument("submissions", nargs="+", metavar="SUBMISSION",
                         help="notebooks, folders of them (one folder per student, or files named by student), "
                              "or glob patterns")
     parser.add_argument("--solutions", default="solutions", metavar="DIR",
                         help="folder of solutions notebooks with the canonical checks (default: solutions)")
-    parser.add_argument("--jobs", type=_jobs, default="max", metavar="N",
-                        help="submissions graded at once: a number, or 'max' for this machine's usable cores "
-                             "(default: max)")
-    parser.add_argument("--timeout", type=_positive, default=None, metavar="SECONDS",
-                        help="seconds one cell may run (default: 60)")
-    parser.add_argument("--submission-timeout", type=_positive, default=None, metavar="SECONDS",
-                        help="seconds one submission may run in all, restarts included "
-                             "(default: 10 cell timeouts)")
-    parser.add_argument("--memory-limit", type=_positive, default=None, metavar="MB",
-                        help="memory one kernel and its processes may use (default: 80%% of the machine's, "
-                             "shared by the jobs)")
+    for name, default, option in _options():
+        shown = option.default_text or default
+        parser.add_argument(option.flag, dest=name, type=_argument_type(option), default=default,
+                            metavar=option.metavar, help=f"{option.help} (default: {shown})".replace("%", "%%"))
     parser.add_argument("--out", default="grades", metavar="DIR",
                         help="where the gradebook, results and feedback go (default: grades)")
 
@@ -93,6 +91,7 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Grade the submissions and write the gradebook; see the module docstring for exit codes."""
+    from labkit.errors import ConfigurationError
     from labkit.grading._gradebook import prepare_out, summary_table
     from labkit.grading.grade import (
         GradeError,
@@ -102,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
         load_solutions,
         write_gradebook,
     )
-    from labkit.grading.runner import DEFAULT_CELL_TIMEOUT
 
     def fail(message: str) -> int:
         print(f"labkit grade: {message}", file=sys.stderr)
@@ -126,12 +124,11 @@ def run(args: argparse.Namespace) -> int:
 
     jobs = resolve_workers(args.jobs)  # 'max' is one job per usable core, as for pools and clusters
     try:
-        settings = GradeSettings(
-            timeout=args.timeout or DEFAULT_CELL_TIMEOUT, budget=args.submission_timeout,
-            memory_limit=args.memory_limit * 2**20 if args.memory_limit else None,
-            jobs=max(1, min(jobs, len(submissions))))
-    except GradeError as exc:
-        return fail(str(exc))
+        chosen = {name: getattr(args, name) for name, _, _ in _options()}
+        settings = GradeSettings(**{**chosen, "jobs": max(1, min(jobs, len(submissions)))})
+    except ConfigurationError as exc:  # options that each parse but do not fit together: a usage error
+        print(f"labkit grade: {exc}", file=sys.stderr)
+        return 2
     print(f"grading {len(submissions)} submission{'s' if len(submissions) != 1 else ''} with {settings.jobs} "
           f"job{'s' if settings.jobs != 1 else ''}, against the {len(exercises)} "
           f"exercise{'s' if len(exercises) != 1 else ''} in {args.solutions}", file=sys.stderr, flush=True)

@@ -16,7 +16,6 @@ exit status 1, and nothing left running.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import queue
 import signal
@@ -32,36 +31,22 @@ SETTLE_SECONDS = 0.3
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Declare the arguments of ``labkit serve``."""
-    from ..cluster import BALANCE_MODES
+    """Declare the arguments of ``labkit serve``: the app, then the cluster's settings that have a flag."""
+    from ..cluster._settings import add_arguments
 
     parser.add_argument("app", metavar="MODULE:APP", help="import string of a tornado app factory, "
                         "e.g. labkit.demo:demo_app")
-    parser.add_argument("-w", "--workers", default="max",
-                        help="'max' (one per usable core), -1 (all but one) or a count (default max)")
-    parser.add_argument("--balance", choices=BALANCE_MODES, default="os",
-                        help="who spreads connections over workers (default os)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port to serve on; 0 picks a free one (default 8000)")
-    parser.add_argument("--start-method", choices=multiprocessing.get_all_start_methods(), default=None,
-                        help="how worker processes start (default: this Python's default)")
-    parser.add_argument("--graceful-timeout", type=float, default=None, metavar="SECONDS",
-                        help="how long stopping workers may finish in-flight requests (default 10)")
-    parser.add_argument("--heartbeat-timeout", type=float, default=None, metavar="SECONDS",
-                        help="replace a worker whose event loop is silent this long (default 30)")
+    add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal says stop; return the exit code."""
     from ..cluster import Cluster
+    from ..cluster._settings import from_arguments
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
-    tunables = {name: value for name, value in (("graceful_timeout", args.graceful_timeout),
-                                                ("heartbeat_timeout", args.heartbeat_timeout)) if value is not None}
     try:
-        cluster = Cluster(args.app, workers=args.workers, balance=args.balance, host=args.host, port=args.port,
-                          start_method=args.start_method, on_change=lambda event: inbox.put(("event", event)),
-                          **tunables)
+        cluster = Cluster(args.app, on_change=lambda event: inbox.put(("event", event)), **from_arguments(args))
     except ConfigurationError as exc:
         return _fail(exc, 2)
     previous = _install({signal.SIGTERM: _raise_interrupt})  # during start-up, TERM aborts at once

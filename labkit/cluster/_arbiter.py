@@ -4,15 +4,21 @@ Shaped like gunicorn's arbiter: whoever wants something (the notebook calling ``
 signal handler of ``labkit serve``) only *queues* a command; one loop does everything else::
 
     while not finished:
-        run queued commands            spawn, retire, replace, shut down
+        run queued commands            spawn, retire, shut down; start a reload or a scale
         tick                           restarts that are due, heartbeats that are late,
                                        workers that overstay their start or stop deadline
+        advance reloads and scales     each waits for a worker to get ready or to exit
         wait(control pipes + sentinels + wake pipe, until the next deadline)
         read what workers said         ready, beat, boot_error
         reap workers that exited       diagnose, then restart with backoff, or give up
 
 Only this thread touches processes and pipes. Other threads read state under :attr:`Arbiter.lock`
 and wait on :attr:`Arbiter.changed`, which is notified after every pass.
+
+A reload or a scale takes many passes (start a worker, wait until it is ready, retire the old one,
+wait until it has exited, ...). Each is a generator of :class:`Until` conditions: the loop resumes
+it when its condition holds or its deadline (by the arbiter's clock) has passed, and answers the
+caller's future with what it returns or raises (:meth:`Arbiter.perform`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -38,12 +44,13 @@ from ._state import (
     LIFECYCLE,
     ClusterEvent,
     ClusterStats,
-    RestartPolicy,
     WorkerState,
     WorkerStats,
     diagnose,
 )
-from ._worker import WorkerSpec, run_worker
+from ._settings import ClusterSettings
+from ._worker import BEAT, BOOT_ERROR, READY, STOP, WorkerSpec, run_worker
+from .._format import format_host
 from ..errors import ServerStartError
 
 __all__ = ["Arbiter", "ArbiterConfig"]
@@ -51,27 +58,45 @@ __all__ = ["Arbiter", "ArbiterConfig"]
 # How many events a cluster remembers for late readers (a widget opened after the fact).
 EVENT_HISTORY = 500
 
+# Beyond its graceful timeout and the kill margin, how long a reload or scale waits for a retired
+# worker to be reaped. The kill comes at the margin; this only covers a slow reap on a loaded machine.
+EXIT_SLACK = 5.0
+
 
 @dataclass(frozen=True)
 class ArbiterConfig:
-    """Everything the supervisor needs; :class:`labkit.cluster.Cluster` fills it in."""
+    """Everything the supervisor needs; :class:`labkit.cluster.Cluster` fills it in.
+
+    ``settings`` are the cluster's checked settings (timeouts, restart policy, address, ...);
+    the rest is what the workers run and how they start.
+    """
 
     app: str
-    balance: str
-    host: str
-    port: int
+    settings: ClusterSettings
     context: Any  # a multiprocessing context
-    policy: RestartPolicy
-    heartbeat_interval: float
-    heartbeat_timeout: float
-    startup_timeout: float
-    graceful_timeout: float
-    kill_margin: float
-    drain_quiet: float
-    max_wait: float
-    backlog: int
     options: dict = field(default_factory=dict)
     name: str = ""  # how messages and stats name the app, when ``app`` is not what the user wrote
+
+
+@dataclass(frozen=True)
+class Until:
+    """What a multi-step command waits for: ``predicate()`` to hold, or the clock to reach ``deadline``."""
+
+    predicate: Callable[[], bool]
+    deadline: float
+
+
+#: A multi-step command: yields what it waits for, returns its answer (see :meth:`Arbiter.perform`).
+Steps = Generator[Until, None, Any]
+
+
+class _Operation:
+    """A multi-step command in progress, and the future that awaits its answer."""
+
+    def __init__(self, steps: Steps, future: Future) -> None:
+        self.steps = steps
+        self.future = future
+        self.waiting: Until | None = None
 
 
 class _Slot:
@@ -161,6 +186,7 @@ class Arbiter:
     def __init__(self, config: ArbiterConfig, on_event: Callable[[ClusterEvent], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.settings = config.settings
         self.clock = clock
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
@@ -174,6 +200,7 @@ class Arbiter:
         self._on_event = on_event
         self._pending_events: list[ClusterEvent] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._operations: list[_Operation] = []
         self._closing = False
         self._listener: socket.socket | None = None
         self._acceptor: Acceptor | None = None
@@ -185,18 +212,18 @@ class Arbiter:
 
     def open(self) -> None:
         """Bind the cluster's socket and start the supervisor thread (no workers yet)."""
-        config = self.config
+        settings = self.settings
         try:
             self._listener = bind_listener(
-                config.host, config.port, reuse_port=config.balance == "reuseport",
-                listen=config.balance != "reuseport", backlog=config.backlog,
+                settings.host, settings.port, reuse_port=settings.balance == "reuseport",
+                listen=settings.balance != "reuseport", backlog=settings.backlog,
             )
         except OSError as exc:
-            raise ServerStartError(_bind_failure(config.host, config.port, exc)) from exc
+            raise ServerStartError(_bind_failure(settings.host, settings.port, exc)) from exc
         self.port = self._listener.getsockname()[1]
         # A pipe, not a socketpair: multiprocessing.connection.wait takes pipes on every OS.
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
-        if config.balance == "round-robin":
+        if settings.balance == "round-robin":
             self._acceptor = Acceptor(self._listener)
             self._acceptor.start()
         self._thread = threading.Thread(target=self._run, name="labkit-cluster-arbiter", daemon=True)
@@ -204,11 +231,21 @@ class Arbiter:
 
     def call(self, function: Callable[..., Any], *args: Any) -> Future:
         """Run ``function(*args)`` in the supervisor thread; its result arrives in the future."""
+        return self._queue(function, args, multi_step=False)
+
+    def perform(self, steps: Callable[..., Steps], *args: Any) -> Future:
+        """Run the multi-step command ``steps(*args)`` (such as :meth:`reload`) in the supervisor thread.
+
+        The future receives what the generator returns, or the exception it raises, once it is done.
+        """
+        return self._queue(steps, args, multi_step=True)
+
+    def _queue(self, function: Callable[..., Any], args: tuple, *, multi_step: bool) -> Future:
         future: Future = Future()
         if self.finished:
             future.set_exception(ServerStartError("the cluster has stopped; start a new one"))
             return future
-        self._commands.put((function, args, future))
+        self._commands.put((function, args, future, multi_step))
         self._wake()
         return future
 
@@ -235,8 +272,13 @@ class Arbiter:
                 records.extend(self._record(w, now) for w in shown)
             total = self.served_by_exited + sum(w.requests for w in self.workers)
             wanted = sum(slot.wanted for slot in self.slots.values())
-            url = None if self.finished or self.port is None else _url(self.config.host, self.port)
-            return ClusterStats(self.config.name or self.config.app, url, self.config.balance, wanted, tuple(records), total)
+            url = None if self.finished or self.port is None else _url(self.settings.host, self.port)
+            return ClusterStats(self.config.name or self.config.app, url, self.settings.balance, wanted, tuple(records), total)
+
+    def wanted_slots(self) -> list[int]:
+        """Ids of the slots the cluster wants filled, in order."""
+        with self.lock:
+            return sorted(i for i, slot in self.slots.items() if slot.wanted)
 
     def settled(self, slot_ids) -> bool:
         """Whether each of these slots has a ready worker or has given up (errored)."""
@@ -272,7 +314,7 @@ class Arbiter:
             slot.wanted = False
             slot.restart_at = None
             for worker in self._live(slot):
-                self._retire(worker, self.config.graceful_timeout)
+                self._retire(worker, self.settings.graceful_timeout)
                 retired.append(worker)
         return retired
 
@@ -288,7 +330,54 @@ class Arbiter:
     def retire_workers(self, workers) -> None:
         """Ask these workers to stop gracefully."""
         for worker in workers:
-            self._retire(worker, self.config.graceful_timeout)
+            self._retire(worker, self.settings.graceful_timeout)
+
+    def reload(self, timeout: float) -> Steps:
+        """Replace every worker, one slot at a time; with :meth:`perform`, answers how many.
+
+        For each slot: start a new worker beside the old one, wait (up to ``timeout``) until it is
+        ready, retire the old one and wait until it has exited. A new worker that does not get
+        ready stops the reload there (:class:`ServerStartError`); the old workers keep serving.
+        """
+        ids = self.wanted_slots()
+        for slot_id in ids:
+            if self._closing:
+                raise ServerStartError(f"reload stopped at worker {slot_id}: the cluster is stopping")
+            old = self._live(self.slots[slot_id])
+            new = self.replace(slot_id)
+            if new is None:
+                raise ServerStartError(f"reload stopped at worker {slot_id}: no new process could be started")
+            yield self._until(lambda: new.state is not WorkerState.STARTING, timeout)
+            if new.state is not WorkerState.READY:
+                why = new.boot_error or new.kill_reason or diagnose(new.exitcode)
+                raise ServerStartError(f"reload stopped at worker {slot_id}: the new process {why}; "
+                                       "the other workers keep serving the previous code")
+            self.retire_workers(old)
+            yield self._until(lambda: _all_exited(old), self._exit_allowance())
+        return len(ids)
+
+    def scale(self, target: int, timeout: float) -> Steps:
+        """Start or retire workers until ``target`` slots are wanted; with :meth:`perform`, answers
+        how many were wanted before.
+
+        New workers are waited for (up to ``timeout``) until ready or errored; retired ones (the
+        newest slots) until they have exited.
+        """
+        current = self.wanted_slots()
+        if target > len(current):
+            ids = self.add_slots(target - len(current))
+            yield self._until(lambda: self.settled(ids), timeout)
+        elif target < len(current):
+            retired = self.retire_slots(current[target:])
+            yield self._until(lambda: _all_exited(retired), self._exit_allowance())
+        return len(current)
+
+    def _until(self, predicate: Callable[[], bool], timeout: float) -> Until:
+        return Until(predicate, self.clock() + timeout)
+
+    def _exit_allowance(self) -> float:
+        """How long a retired worker may take to exit: its graceful stop, the kill margin, and slack."""
+        return self.settings.graceful_timeout + self.settings.kill_margin + EXIT_SLACK
 
     def shutdown(self, timeout: float) -> None:
         """Stop taking connections, then stop every worker gracefully (killed after ``timeout``)."""
@@ -310,9 +399,10 @@ class Arbiter:
                 with self.lock:
                     self._run_commands()
                     self._tick()
+                    self._advance_operations()
                     if self._closing and not self.workers:
                         self.finished = True
-                    waitables, owners = self._waitables()
+                    waitables = self._waitables()
                     timeout = self._next_wakeup()
                     self.changed.notify_all()
                 self._dispatch_events()
@@ -320,8 +410,7 @@ class Arbiter:
                     break
                 ready = multiprocessing.connection.wait(waitables, timeout)
                 with self.lock:
-                    for item in ready:
-                        self._handle_ready(item, owners)
+                    self._handle_ready(ready)
         except BaseException as exc:  # a bug here must not leave workers without a supervisor
             self.crashed = exc
             self._kill_everything(f"the supervisor crashed: {exc!r}")
@@ -336,94 +425,135 @@ class Arbiter:
     def _run_commands(self) -> None:
         while True:
             try:
-                function, args, future = self._commands.get_nowait()
+                function, args, future, multi_step = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(function(*args))
-                except Exception as exc:  # handed to the caller, who re-raises it
-                    future.set_exception(exc)
+            if not future.set_running_or_notify_cancel():
+                continue
+            if multi_step:
+                self._operations.append(_Operation(function(*args), future))
+                continue
+            try:
+                future.set_result(function(*args))
+            except Exception as exc:  # handed to the caller, who re-raises it
+                future.set_exception(exc)
+
+    def _advance_operations(self) -> None:
+        """Resume each multi-step command whose condition holds or whose deadline has passed."""
+        for operation in list(self._operations):
+            try:
+                while operation.waiting is None or operation.waiting.predicate() \
+                        or self.clock() >= operation.waiting.deadline:
+                    operation.waiting = next(operation.steps)
+            except StopIteration as done:
+                self._operations.remove(operation)
+                operation.future.set_result(done.value)
+            except Exception as exc:  # handed to the caller, who re-raises it
+                self._operations.remove(operation)
+                operation.future.set_exception(exc)
 
     def _refuse_pending_commands(self) -> None:
+        refusal = "the cluster stopped before it could do that"
+        for operation in self._operations:
+            operation.steps.close()
+            operation.future.set_exception(ServerStartError(refusal))
+        self._operations.clear()
         while True:
             try:
-                _, _, future = self._commands.get_nowait()
+                _, _, future, _ = self._commands.get_nowait()
             except queue.Empty:
                 return
             if future.set_running_or_notify_cancel():
-                future.set_exception(ServerStartError("the cluster stopped before it could do that"))
+                future.set_exception(ServerStartError(refusal))
 
-    def _waitables(self) -> tuple[list, dict[Any, tuple[str, _Worker | None]]]:
-        owners: dict[Any, tuple[str, _Worker | None]] = {id(self._wake_r): ("wake", None)}
+    def _waitables(self) -> list:
+        """What may wake the loop: the wake pipe, each worker's sentinel and open control pipe."""
         waitables: list = [self._wake_r]
         for worker in self.workers:
             waitables.append(worker.sentinel)
-            owners[("fd", worker.sentinel)] = ("sentinel", worker)
             if worker.control_open:
                 waitables.append(worker.control)
-                owners[id(worker.control)] = ("control", worker)
-        return waitables, owners
+        return waitables
 
-    def _handle_ready(self, item, owners) -> None:
-        kind, worker = owners.get(("fd", item) if isinstance(item, int) else id(item), ("?", None))
-        if kind == "wake" and self._wake_r is not None:
+    def _handle_ready(self, ready: list) -> None:
+        """Act on what woke the loop: drain the wake pipe, read messages, reap exited workers."""
+        if self._wake_r is not None and self._wake_r in ready:
             while self._wake_r.poll():
                 self._wake_r.recv_bytes()
-        elif kind == "control" and worker in self.workers:
-            self._read_control(worker)
-        elif kind == "sentinel" and worker in self.workers:
-            self._reap(worker)
+        for worker in list(self.workers):
+            if worker.control_open and worker.control in ready:
+                self._read_control(worker)
+            if worker.sentinel in ready:
+                self._reap(worker)
 
     def _next_wakeup(self) -> float:
         now = self.clock()
-        config = self.config
+        settings = self.settings
         deadlines = [slot.restart_at for slot in self.slots.values() if slot.restart_at is not None]
+        deadlines.extend(op.waiting.deadline for op in self._operations if op.waiting is not None)
         for worker in self.workers:
             if worker.state is WorkerState.READY:
-                deadlines.append(worker.last_beat + config.heartbeat_timeout)
+                deadlines.append(worker.last_beat + settings.heartbeat_timeout)
             elif worker.state is WorkerState.STARTING:
-                deadlines.append(worker.started_at + config.startup_timeout)
+                deadlines.append(worker.started_at + settings.startup_timeout)
             elif worker.stop_deadline is not None:
                 deadlines.append(worker.stop_deadline)
-        soonest = min(deadlines, default=now + config.max_wait)
-        return min(max(soonest - now, 0.0), config.max_wait)
+        soonest = min(deadlines, default=now + settings.max_wait)
+        return min(max(soonest - now, 0.0), settings.max_wait)
 
     def _tick(self) -> None:
+        """Everything that is due by the clock, in three steps."""
         now = self.clock()
-        config = self.config
+        self._restart_due(now)
+        self._kill_silent(now)
+        self._kill_overdue(now)
+
+    def _restart_due(self, now: float) -> None:
+        """Start a worker in each wanted, empty slot whose restart backoff has run out."""
+        if self._closing:
+            return
         for slot in self.slots.values():
-            if slot.restart_at is not None and now >= slot.restart_at and not self._closing:
+            if slot.restart_at is not None and now >= slot.restart_at:
                 slot.restart_at = None
                 if slot.wanted and not self._live(slot):
                     slot.restarts += 1
                     self._spawn(slot)
+
+    def _kill_silent(self, now: float) -> None:
+        """Kill ready workers whose loop has sent no heartbeat for ``heartbeat_timeout``."""
+        timeout = self.settings.heartbeat_timeout
+        for worker in list(self.workers):
+            if worker.kill_reason is not None or worker.state is not WorkerState.READY:
+                continue
+            if now - worker.last_beat <= timeout:
+                continue
+            if worker.control_open:
+                self._read_control(worker)  # beats may be waiting if *we* were the slow ones
+            if now - worker.last_beat <= timeout or worker not in self.workers:
+                continue
+            reason = (f"no heartbeat for {now - worker.last_beat:.1f} s (heartbeat_timeout={timeout:g} s): "
+                      "its event loop was blocked or it hung; killed so it can be replaced")
+            self._emit("hung", reason, worker)
+            self._kill(worker, reason)
+
+    def _kill_overdue(self, now: float) -> None:
+        """Kill workers past a deadline: not ready within ``startup_timeout``, or a stop overdue."""
         for worker in list(self.workers):
             if worker.kill_reason is not None:
                 continue
-            if worker.state is WorkerState.READY and now - worker.last_beat > config.heartbeat_timeout:
-                if worker.control_open:
-                    self._read_control(worker)  # beats may be waiting if *we* were the slow ones
-                if now - worker.last_beat <= config.heartbeat_timeout or worker not in self.workers:
-                    continue
-                silent = now - worker.last_beat
-                reason = (f"no heartbeat for {silent:.1f} s (heartbeat_timeout={config.heartbeat_timeout:g} s): "
-                          "its event loop was blocked or it hung; killed so it can be replaced")
-                self._emit("hung", reason, worker)
-                self._kill(worker, reason)
-            elif worker.state is WorkerState.STARTING and now - worker.started_at > config.startup_timeout:
-                self._kill(worker, f"did not get ready within startup_timeout={config.startup_timeout:g} s")
+            if worker.state is WorkerState.STARTING and now - worker.started_at > self.settings.startup_timeout:
+                self._kill(worker, f"did not get ready within startup_timeout={self.settings.startup_timeout:g} s")
             elif worker.stop_deadline is not None and now > worker.stop_deadline:
                 self._kill(worker, "was still busy when its graceful stop timed out; killed")
 
     # ---------------------------------------------------------------- worker bookkeeping
 
     def _spawn(self, slot: _Slot) -> _Worker | None:
-        config = self.config
+        config, settings = self.config, self.settings
         context = config.context
         primary_end, worker_end = context.Pipe(duplex=True)
         handoff_primary = handoff_worker = None
-        if config.balance == "round-robin":
+        if settings.balance == "round-robin":
             handoff_primary, handoff_worker = socket.socketpair()
             handoff_primary.setblocking(False)
         start_method = context.get_start_method()
@@ -432,12 +562,10 @@ class Arbiter:
             mine = [primary_end.fileno()] + ([handoff_primary.fileno()] if handoff_primary else [])
             close_fds = tuple(self._primary_fds() + mine)
         spec = WorkerSpec(
-            app=config.app, worker_id=slot.id, primary_pid=os.getpid(), balance=config.balance,
-            host=config.host, port=self.port or 0, heartbeat_interval=config.heartbeat_interval,
-            graceful_timeout=config.graceful_timeout, drain_quiet=config.drain_quiet,
-            start_method=start_method, options=dict(config.options), close_fds=close_fds,
+            app=config.app, worker_id=slot.id, primary_pid=os.getpid(), port=self.port or 0,
+            start_method=start_method, settings=settings, options=dict(config.options), close_fds=close_fds,
         )
-        listener = self._listener if config.balance == "os" else None
+        listener = self._listener if settings.balance == "os" else None
         process = context.Process(target=run_worker, args=(spec, worker_end, listener, handoff_worker),
                                   name=f"labkit-worker-{slot.id}")
         try:
@@ -463,7 +591,7 @@ class Arbiter:
     def _primary_fds(self) -> list[int]:
         """Descriptors a forked worker must close: everything that is the primary's alone."""
         fds = [s.fileno() for s in (self._wake_r, self._wake_w) if s is not None]
-        if self._listener is not None and self.config.balance != "os":
+        if self._listener is not None and self.settings.balance != "os":
             fds.append(self._listener.fileno())
         if self._acceptor is not None:
             fds.extend(self._acceptor.fds())
@@ -484,18 +612,18 @@ class Arbiter:
     def _on_message(self, worker: _Worker, message: tuple) -> None:
         kind = message[0]
         now = self.clock()
-        if kind == "beat":
+        if kind == BEAT:
             worker.last_beat = now
             worker.requests, worker.in_flight = int(message[1]), int(message[2])
             worker.cpu.sample(worker.ps, now)
-        elif kind == "ready" and worker.state is WorkerState.STARTING:
+        elif kind == READY and worker.state is WorkerState.STARTING:
             self._set_state(worker, WorkerState.READY)
             worker.ready_at = worker.last_beat = now
             worker.slot.first_boot = False
             if self._acceptor is not None:
                 self._acceptor.add(worker, worker.handoff)
             self._emit("ready", f"ready in {now - worker.started_at:.2f} s", worker)
-        elif kind == "boot_error":
+        elif kind == BOOT_ERROR:
             worker.boot_error = worker.slot.boot_error = message[1]
             worker.slot.boot_traceback = message[2] if len(message) > 2 else None
             self._emit("boot-error", f"could not boot: {message[1]}", worker)
@@ -522,7 +650,7 @@ class Arbiter:
             self._emit("exited", reason, worker)  # a retired slot, or a failed reload replacement
             return
         uptime = self.clock() - worker.started_at
-        decision = self.config.policy.after_exit(uptime, slot.backoff, slot.young_deaths)
+        decision = self.settings.policy.after_exit(uptime, slot.backoff, slot.young_deaths)
         slot.backoff, slot.young_deaths = decision.backoff, decision.young_deaths
         # A worker that reports a boot error before its slot ever served is not unlucky: the app
         # does not import, or its factory raises. Restarting would fail the same way; halt, as
@@ -539,7 +667,7 @@ class Arbiter:
     def _give_up_message(self, slot: _Slot, reason: str) -> str:
         if slot.first_boot and slot.boot_error:
             return f"{reason}; not restarting: fix the app, then start again (or call reload())"
-        policy = self.config.policy
+        policy = self.settings.policy
         return (f"{reason}; it died {slot.young_deaths} times in a row within min_uptime={policy.min_uptime:g} s "
                 "of starting, so it is not restarted again: fix the app, then call reload()")
 
@@ -550,9 +678,9 @@ class Arbiter:
         worker.planned = True
         if self._acceptor is not None:
             self._acceptor.remove(worker)  # no hand-off after this line
-        worker.stop_deadline = self.clock() + timeout + self.config.kill_margin
+        worker.stop_deadline = self.clock() + timeout + self.settings.kill_margin
         try:
-            worker.control.send(("stop", timeout))
+            worker.control.send((STOP, timeout))
         except OSError:
             pass  # it is already dying; the sentinel will tell
         self._emit("stopping", "finishing in-flight requests", worker)
@@ -652,8 +780,12 @@ class Arbiter:
                 sock.close()
 
 
+def _all_exited(workers) -> bool:
+    return all(not w.state.alive for w in workers)
+
+
 def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{format_host(host)}:{port}"
 
 
 def _bind_failure(host: str, port: int, exc: OSError) -> str:

@@ -6,10 +6,10 @@ import multiprocessing
 import multiprocessing.util
 from collections.abc import Callable
 from typing import Any
-from functools import partial
+from concurrent.futures import Future
 
 from ._arbiter import Arbiter, ArbiterConfig
-from ._balance import BALANCE_MODES, check_balance
+from ._balance import BALANCE_MODES
 from ._by_value import factory_name, pickled_app
 from ._state import (
     ClusterEvent,
@@ -19,8 +19,10 @@ from ._state import (
     WorkerStats,
     diagnose,
 )
+from ._settings import KILL_MARGIN, ClusterSettings, declared
 from ._worker import WORKER_ID_ENV
 from .._exits import RemoteTraceback
+from .._format import format_host
 from ..cores import check_start_method, resolve_workers
 from ..errors import ConfigurationError, ServerStartError
 
@@ -37,68 +39,9 @@ __all__ = [
     "WORKER_ID_ENV",
 ]
 
-# ---------------------------------------------------------------------------------- tunables
-# Every number below trades one good thing for another; the comment says which.
-
-# First restart comes this soon after a crash. Small, so a one-off crash costs little capacity;
-# not zero, so a worker that dies instantly cannot make the primary fork in a tight loop.
-RESTART_DELAY = 0.1
-
-# Each further restart in a row waits this many times longer. 2 (the classic) reaches the cap in
-# a handful of crashes and then leaves a slot empty for long after a brief outage; 1.5 backs off
-# more gently, so a flapping dependency is retried often while it recovers.
-BACKOFF_FACTOR = 1.5
-
-# The longest wait between restarts. Longer spares the machine from a hopeless worker; shorter
-# brings the capacity back sooner once the cause is fixed.
-MAX_RESTART_DELAY = 10.0
-
-# A worker up this long has proved itself: its next crash is bad luck again and waits only
-# RESTART_DELAY. Shorter forgives a flapping worker too soon; longer punishes a healthy one.
-STABLE_UPTIME = 30.0
-
-# Dying within this many seconds of starting counts as "crashing at boot" for the crash-loop
-# guard (PM2's min_uptime). Too short and a slow-to-crash app loops forever; too long and a
-# genuine runtime crash soon after start is mistaken for a broken app.
-MIN_UPTIME = 1.0
-
-# A worker that crashes at boot more than this many times in a row is marked errored and left
-# alone: the app is broken, and restarting it forever only burns CPU and hides the error.
-MAX_RESTARTS = 5
-
-# How often a worker's event loop tells the primary it is alive (and how many requests it has
-# served). More often: fresher stats and faster hang detection, but more wake-ups for everyone.
-HEARTBEAT_INTERVAL = 1.0
-
-# A worker silent for this long is hung (its loop blocked by a long synchronous computation, a
-# deadlock, ...) and is killed and replaced. gunicorn's default; shorter also kills workers that
-# are merely busy with a legitimately long synchronous request.
-HEARTBEAT_TIMEOUT = 30.0
-
-# How long a stopping worker may take to finish its in-flight requests before it is killed. Long
-# enough for slow requests; short enough that a reload or Ctrl-C does not seem to hang.
-GRACEFUL_TIMEOUT = 10.0
-
-# Extra time after GRACEFUL_TIMEOUT before the primary kills a worker that has not exited (it
-# may be writing its last responses).
-KILL_MARGIN = 2.0
-
-# How long a worker may take to import, build its app and listen. Spawned workers import
-# tornado and numpy afresh: well under a second on a laptop, several on a loaded CI machine.
-STARTUP_TIMEOUT = 60.0
-
-# A draining worker exits once no request is in flight and none has started for this long. Its
-# last responses say "Connection: close", so clients move on; the pause lets a request already
-# on its way over a kept-alive connection arrive and be served instead of cut off.
-DRAIN_QUIET = 0.3
-
-# Longest the supervisor sleeps with nothing due. It wakes earlier for any deadline or message;
-# this only bounds how stale a missed deadline could get. Once a second costs nothing.
-SUPERVISOR_MAX_WAIT = 1.0
-
-# Connections the kernel queues for accept() before refusing more. Deep enough for a burst of a
-# load test's connections; a deeper queue turns overload into latency instead of refusals.
-BACKLOG = 1024
+# Cluster's keyword defaults come from the settings' declarations.
+_DEFAULT = ClusterSettings()
+_SETTING_NAMES = frozenset(declaration.name for declaration in declared())
 
 
 class Cluster:
@@ -130,10 +73,11 @@ class Cluster:
         balance: ``"os"``, ``"reuseport"`` or ``"round-robin"`` (see the module docstring).
         host: address to bind; 127.0.0.1 keeps the cluster private to this machine.
         port: 0 lets the system pick a free port (see :attr:`url`).
-        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` means ``$LABKIT_START_METHOD``
-            if set, else ``"forkserver"`` where the platform has it, else ``"spawn"`` (see
-            :func:`labkit.cores.check_start_method`).
-        min_uptime, max_restarts: the crash-loop guard (see :data:`MIN_UPTIME`, :data:`MAX_RESTARTS`).
+        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` means ``"forkserver"``
+            where the platform has it, else ``"spawn"``; ``$LABKIT_START_METHOD`` overrides that default
+            (see :func:`labkit.cores.check_start_method`).
+        min_uptime, max_restarts: the crash-loop guard (see :mod:`labkit.cluster._settings` for
+            every setting's default and the trade-off behind it).
         restart_delay, max_restart_delay, backoff_factor, stable_uptime: restart backoff.
         heartbeat_timeout: replace a worker whose loop is silent this long.
         graceful_timeout: how long stopping workers may finish in-flight requests.
@@ -146,24 +90,27 @@ class Cluster:
     def __init__(
         self,
         app: str | Callable[..., Any],
-        workers: int | str = "max",
-        balance: str = "os",
-        host: str = "127.0.0.1",
-        port: int = 0,
+        workers: int | str = _DEFAULT.workers,
+        balance: str = _DEFAULT.balance,
+        host: str = _DEFAULT.host,
+        port: int = _DEFAULT.port,
         *,
-        start_method: str | None = None,
-        min_uptime: float = MIN_UPTIME,
-        max_restarts: int = MAX_RESTARTS,
-        restart_delay: float = RESTART_DELAY,
-        max_restart_delay: float = MAX_RESTART_DELAY,
-        backoff_factor: float = BACKOFF_FACTOR,
-        stable_uptime: float = STABLE_UPTIME,
-        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
-        graceful_timeout: float = GRACEFUL_TIMEOUT,
-        startup_timeout: float = STARTUP_TIMEOUT,
+        start_method: str | None = _DEFAULT.start_method,
+        min_uptime: float = _DEFAULT.min_uptime,
+        max_restarts: int = _DEFAULT.max_restarts,
+        restart_delay: float = _DEFAULT.restart_delay,
+        max_restart_delay: float = _DEFAULT.max_restart_delay,
+        backoff_factor: float = _DEFAULT.backoff_factor,
+        stable_uptime: float = _DEFAULT.stable_uptime,
+        heartbeat_timeout: float = _DEFAULT.heartbeat_timeout,
+        graceful_timeout: float = _DEFAULT.graceful_timeout,
+        startup_timeout: float = _DEFAULT.startup_timeout,
         options: dict | None = None,
         on_change: Callable[[ClusterEvent], None] | None = None,
     ) -> None:
+        # Every argument but the app, its options and the callback is a setting: ClusterSettings
+        # checks each one by its own declaration (tests/test_settings.py keeps the two in step).
+        chosen = {name: value for name, value in locals().items() if name in _SETTING_NAMES}
         options = dict(options or {})
         app_name = app
         if callable(app) and not isinstance(app, str):
@@ -174,40 +121,20 @@ class Cluster:
         module, sep, attr = app.partition(":")
         if not (module and sep and attr):
             raise ConfigurationError(f"app must look like 'module:factory' (say 'labkit.demo:demo_app'); got {app!r}")
-        check_balance(balance)
-        start_method = check_start_method(start_method)  # explicit, else $LABKIT_START_METHOD, else safe
-        for name, value in (("min_uptime", min_uptime), ("restart_delay", restart_delay),
-                            ("heartbeat_timeout", heartbeat_timeout), ("graceful_timeout", graceful_timeout),
-                            ("startup_timeout", startup_timeout), ("max_restart_delay", max_restart_delay)):
-            if value < 0:
-                raise ConfigurationError(f"{name} must be non-negative; got {value}")
-        if max_restarts < 0:
-            raise ConfigurationError(f"max_restarts must be non-negative; got {max_restarts}")
-        if backoff_factor < 1:
-            raise ConfigurationError(f"backoff_factor must be at least 1; got {backoff_factor}")
-        if not 0 <= port <= 65535:
-            raise ConfigurationError(f"port must be between 0 and 65535; got {port}")
+        settings = ClusterSettings(**chosen)
         self.app = app_name
         self.balance = balance
         self.host = host
         self.workers = resolve_workers(workers)
         # The supervisor is a thread of this process, so forking from it copies a threaded
-        # process: labkit never does that unless asked (see cores.safe_start_method).
-        self.start_method = start_method
+        # process: labkit never does that unless asked (see cores.check_start_method).
+        self.start_method = check_start_method(start_method)  # explicit, else $LABKIT_START_METHOD, else safe
         self.graceful_timeout = graceful_timeout
         self.startup_timeout = startup_timeout
         self.on_change = on_change
         self._port = port
-        self._config = ArbiterConfig(
-            app=app, name=app_name, balance=balance, host=host, port=port,
-            context=multiprocessing.get_context(self.start_method),
-            policy=RestartPolicy(restart_delay, backoff_factor, max_restart_delay, stable_uptime,
-                                 min_uptime, max_restarts),
-            heartbeat_interval=min(HEARTBEAT_INTERVAL, max(heartbeat_timeout / 4, 0.05)),
-            heartbeat_timeout=heartbeat_timeout, startup_timeout=startup_timeout,
-            graceful_timeout=graceful_timeout, kill_margin=KILL_MARGIN, drain_quiet=DRAIN_QUIET,
-            max_wait=SUPERVISOR_MAX_WAIT, backlog=BACKLOG, options=options,
-        )
+        self._config = ArbiterConfig(app=app, name=app_name, settings=settings, options=options,
+                                     context=multiprocessing.get_context(self.start_method))
         self._arbiter: Arbiter | None = None
         self._finalizer: multiprocessing.util.Finalize | None = None
 
@@ -230,8 +157,7 @@ class Cluster:
         """Base URL such as ``http://127.0.0.1:41873``."""
         if not self.running:
             raise ServerStartError("the cluster is not running; call start() or use 'with Cluster(...)'")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{format_host(self.host)}:{self.port}"
 
     @property
     def pids(self) -> dict[int, int]:
@@ -320,23 +246,8 @@ class Cluster:
         """
         arbiter = self._require_running()
         wait = self.startup_timeout if timeout is None else timeout
-        with arbiter.lock:
-            ids = sorted(i for i, slot in arbiter.slots.items() if slot.wanted)
-        for slot_id in ids:
-            with arbiter.lock:
-                old = [w for w in arbiter.workers if w.slot.id == slot_id]
-            new = arbiter.call(arbiter.replace, slot_id).result(wait)
-            if new is None:
-                raise ServerStartError(f"reload stopped at worker {slot_id}: no new process could be started")
-            arbiter.wait_until(partial(_past_starting, [new]), wait)
-            self._raise_if_crashed()
-            if new.state is not WorkerState.READY:
-                why = new.boot_error or new.kill_reason or diagnose(new.exitcode)
-                raise ServerStartError(f"reload stopped at worker {slot_id}: the new process {why}; "
-                                       "the other workers keep serving the previous code")
-            arbiter.call(arbiter.retire_workers, old).result(wait)
-            arbiter.wait_until(partial(_all_exited, old), self.graceful_timeout + KILL_MARGIN + 5)
-        self._notify(ClusterEvent("reloaded", f"reloaded {len(ids)} workers"))
+        count = self._answer(arbiter.perform(arbiter.reload, wait))
+        self._notify(ClusterEvent("reloaded", f"reloaded {count} workers"))
 
     def scale(self, workers: int | str, timeout: float | None = None) -> None:
         """Change the number of workers while serving: start new ones, or retire the newest.
@@ -346,23 +257,14 @@ class Cluster:
         arbiter = self._require_running()
         target = resolve_workers(workers)
         wait = self.startup_timeout if timeout is None else timeout
-        with arbiter.lock:
-            current = sorted(i for i, slot in arbiter.slots.items() if slot.wanted)
-        if target > len(current):
-            ids = arbiter.call(arbiter.add_slots, target - len(current)).result(wait)
-            arbiter.wait_until(lambda: arbiter.settled(ids), wait)
-        elif target < len(current):
-            retired = arbiter.call(arbiter.retire_slots, current[target:]).result(wait)
-            arbiter.wait_until(partial(_all_exited, retired), self.graceful_timeout + KILL_MARGIN + 5)
-        self._raise_if_crashed()
+        before = self._answer(arbiter.perform(arbiter.scale, target, wait))
         self.workers = target
-        self._notify(ClusterEvent("scaled", f"scaled from {len(current)} to {target} workers"))
+        self._notify(ClusterEvent("scaled", f"scaled from {before} to {target} workers"))
 
     def wait_ready(self, timeout: float | None = None) -> ClusterStats:
         """Block until every wanted worker is ready or errored (after a crash, say); return stats."""
         arbiter = self._require_running()
-        with arbiter.lock:
-            ids = [i for i, slot in arbiter.slots.items() if slot.wanted]
+        ids = arbiter.wanted_slots()
         if not arbiter.wait_until(lambda: arbiter.settled(ids), self.startup_timeout if timeout is None else timeout):
             raise ServerStartError("workers did not get ready in time; look at cluster.events for why")
         return self.stats()
@@ -379,6 +281,20 @@ class Cluster:
         if self._arbiter is None or self._arbiter.finished:
             raise ServerStartError("the cluster is not running; call start() or use 'with Cluster(...)'")
         return self._arbiter
+
+    def _answer(self, future: Future) -> Any:
+        """Wait for a command's answer; the arbiter's own deadlines bound the wait."""
+        arbiter = self._require_running()
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_ANSWER_POLL)
+                except TimeoutError:
+                    if arbiter.finished and not future.done():  # queued just as the loop ended
+                        raise ServerStartError("the cluster stopped before it could do that") from None
+        except ServerStartError:
+            self._raise_if_crashed()  # the real cause, if the supervisor died under the command
+            raise
 
     def _raise_if_crashed(self) -> None:
         if self._arbiter is not None and self._arbiter.crashed is not None:
@@ -412,12 +328,8 @@ class Cluster:
         return f"<Cluster {self.app!r} {state} balance={self.balance} start_method={self.start_method}>"
 
 
-def _past_starting(workers) -> bool:
-    return all(w.state is not WorkerState.STARTING for w in workers)
-
-
-def _all_exited(workers) -> bool:
-    return all(not w.state.alive for w in workers)
+# While waiting for the arbiter's answer, how often to check that it is still there to answer.
+_ANSWER_POLL = 1.0
 
 
 def _stop_at_exit(arbiter: Arbiter, timeout: float) -> None:

@@ -7,14 +7,15 @@ listening socket (``os``) or its end of the hand-off channel (``round-robin``). 
 ``multiprocessing`` passes those descriptors to the new interpreter itself (its ``DupFd``
 reduction puts them in the child's inherited descriptors); under fork the child simply has them.
 
-What the worker says on the control pipe, in order::
+What the worker says on the control pipe, in order (the tags are the constants below)::
 
-    ("boot_error", "one line")          could not import/build the app or bind; exits with status 3
-    ("ready", pid)                       listening (or taking hand-offs): count me in
-    ("beat", served, in_flight)          every heartbeat interval, from the event loop itself
-    ("beat", served, 0)                  a last one after draining, just before a clean exit
+    (BOOT_ERROR, "one line", traceback)  could not import/build the app or bind (traceback: the
+                                         full text); exits with status 3
+    (READY, pid)                         listening (or taking hand-offs): count me in
+    (BEAT, served, in_flight)            every heartbeat interval, from the event loop itself
+    (BEAT, served, 0)                    a last one after draining, just before a clean exit
 
-What it hears: ``("stop", timeout)``, or end of file when the primary is gone. Either way it stops
+What it hears: ``(STOP, timeout)``, or end of file when the primary is gone. Either way it stops
 taking new connections, marks its remaining responses ``Connection: close``, finishes what is in
 flight (within ``timeout``) and exits.
 """
@@ -32,6 +33,7 @@ from multiprocessing.connection import Connection
 
 from .. import _lifeline
 from ._balance import bind_listener, receive_handoffs
+from ._settings import ClusterSettings
 from ._state import BOOT_ERROR_EXIT
 
 __all__ = ["WorkerSpec", "run_worker", "WORKER_ID_ENV"]
@@ -40,24 +42,34 @@ __all__ = ["WorkerSpec", "run_worker", "WORKER_ID_ENV"]
 #: PM2's ``NODE_APP_INSTANCE``.
 WORKER_ID_ENV = "LABKIT_WORKER_ID"
 
+# Tags of the control-pipe messages (see the module docstring), shared with the arbiter.
+#: Primary to worker: finish in-flight requests within the given seconds, then exit.
+STOP = "stop"
+#: Worker to primary: listening (or taking hand-offs), with its pid.
+READY = "ready"
+#: Worker to primary: alive, with requests served and in flight.
+BEAT = "beat"
+#: Worker to primary: could not boot, with a one-line reason and the traceback.
+BOOT_ERROR = "boot_error"
+
 # While draining, how often the worker checks whether it is done.
 _DRAIN_POLL = 0.05
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker process needs to know, as picklable plain data."""
+    """Everything a worker process needs to know, as picklable plain data.
+
+    ``settings`` are the cluster's (its address, balancing, heartbeat and drain timing);
+    ``port`` is the one the primary bound, which differs from ``settings.port`` when that is 0.
+    """
 
     app: str
     worker_id: int
     primary_pid: int
-    balance: str
-    host: str
     port: int
-    heartbeat_interval: float
-    graceful_timeout: float
-    drain_quiet: float
     start_method: str
+    settings: ClusterSettings
     options: dict = field(default_factory=dict)
     close_fds: tuple[int, ...] = ()
 
@@ -131,11 +143,11 @@ def _boot(spec: WorkerSpec, listener: socket.socket | None):
     os.environ[WORKER_ID_ENV] = str(spec.worker_id)
     app = load_app(spec.app, **spec.options)
     sockets: list[socket.socket] = []
-    if spec.balance == "os":
+    if spec.settings.balance == "os":
         assert listener is not None, "os balancing needs the primary's listening socket"
         sockets.append(listener)
-    elif spec.balance == "reuseport":
-        sockets.append(bind_listener(spec.host, spec.port, reuse_port=True))
+    elif spec.settings.balance == "reuseport":
+        sockets.append(bind_listener(spec.settings.host, spec.port, reuse_port=True))
     for sock in sockets:
         sock.setblocking(False)
     return app, sockets
@@ -151,7 +163,7 @@ def _report_boot_error(control: Connection, exc: BaseException) -> None:
 
     details = "".join(traceback.format_exception(exc))
     try:
-        control.send(("boot_error", " ".join(text.split()), details))
+        control.send((BOOT_ERROR, " ".join(text.split()), details))
     except OSError:
         pass  # the primary is gone; our exit status still says "boot error"
 
@@ -193,16 +205,16 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
     _count_requests(app, tally)
     server = tornado.httpserver.HTTPServer(app)
     stop = asyncio.Event()
-    stop_timeout = [spec.graceful_timeout]
+    stop_timeout = [spec.settings.graceful_timeout]
 
     def on_control() -> None:
         try:
             while control.poll():
                 message = control.recv()
-                if message[0] == "stop":
+                if message[0] == STOP:
                     stop_timeout[0] = float(message[1])
                     stop.set()
-        except (EOFError, OSError):  # the primary is gone: stop like a "stop" message
+        except (EOFError, OSError):  # the primary is gone: stop like a STOP message
             loop.remove_reader(control.fileno())
             stop.set()
 
@@ -243,12 +255,12 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
         server.stop()
         _report_boot_error(control, exc)
         raise SystemExit(BOOT_ERROR_EXIT) from None
-    _send(control, stop, ("ready", os.getpid()))
-    beating = loop.create_task(_beat(control, tally, spec.heartbeat_interval, stop))
+    _send(control, stop, (READY, os.getpid()))
+    beating = loop.create_task(_beat(control, tally, spec.settings.heartbeat_interval, stop))
     try:
         await stop.wait()
         tally.draining = True
-        if spec.balance == "reuseport":
+        if spec.settings.balance == "reuseport":
             # Closing a SO_REUSEPORT socket resets the connections still queued on it (the
             # kernel does not move them to the other workers' sockets). Take them first.
             for sock in sockets:
@@ -259,12 +271,12 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
             take_connections()  # anything the primary sent before it stopped sending to us
             if handoff.fileno() >= 0:
                 loop.remove_reader(handoff.fileno())
-        await _drain(server, tally, stop_timeout[0], spec.drain_quiet)
+        await _drain(server, tally, stop_timeout[0], spec.settings.drain_quiet)
     finally:
         beating.cancel()
         if hasattr(app, "labkit_close"):
             app.labkit_close()
-    _send(control, None, ("beat", tally.finished, 0))
+    _send(control, None, (BEAT, tally.finished, 0))
 
 
 def _accept_pending(sock: socket.socket) -> list[socket.socket]:
@@ -286,7 +298,7 @@ async def _beat(control: Connection, tally: _Tally, interval: float, stop: async
     """Tell the primary we are alive, from the loop itself: a blocked loop sends nothing."""
     while True:
         await asyncio.sleep(interval)
-        _send(control, stop, ("beat", tally.finished, tally.in_flight))
+        _send(control, stop, (BEAT, tally.finished, tally.in_flight))
 
 
 def _send(control: Connection, stop: asyncio.Event | None, message: tuple) -> None:

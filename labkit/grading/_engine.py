@@ -39,7 +39,8 @@ from labkit.errors import ConfigurationError, LabkitError
 
 from ._kernel import CellFate, Kernel, clean_text
 
-__all__ = ["CellFate", "CellRun", "EngineSettings", "NotebookRun", "KernelStartError", "clean_text", "run_sync"]
+__all__ = ["CellFate", "CellRun", "EngineSettings", "NotebookRun", "KernelStartError", "clean_text", "run_sync",
+           "DEFAULT_CELL_TIMEOUT", "MAX_KERNELS", "check_cell_timeout"]
 
 T = TypeVar("T")
 
@@ -65,6 +66,21 @@ class CellRun:
     aside: tuple[Any, ...] = ()
 
 
+#: Seconds one cell may run. Checks retry a spoiled measurement up to three times, and the slowest
+#: does a few seconds of work each time on a loaded machine; a minute leaves a wide margin.
+DEFAULT_CELL_TIMEOUT = 60
+
+#: Kernel starts per run (the first included) before the engine gives up on the notebook. One
+#: crash is the student's code; four in a row is a notebook that kills every kernel it gets.
+MAX_KERNELS = 4
+
+
+def check_cell_timeout(timeout: int) -> None:
+    """Refuse a cell timeout under one second: the one rule, for the engine, the grader and the CLI."""
+    if timeout < 1:
+        raise ConfigurationError(f"the cell timeout must be at least 1 second, got {timeout}")
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """How a notebook run is bounded.
@@ -75,13 +91,16 @@ class EngineSettings:
     ``env``: extra environment variables for the kernel.
     """
 
-    timeout: int = 60
+    timeout: int = DEFAULT_CELL_TIMEOUT
     budget: float | None = None
     kernel_name: str = "python3"
     memory_limit: int | None = None
-    max_kernels: int = 4
+    max_kernels: int = MAX_KERNELS
     startup_timeout: int = 60
     env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_cell_timeout(self.timeout)
 
 
 class NotebookRun:
@@ -111,8 +130,6 @@ class NotebookRun:
         aside_mime: str | None = None,
         kernel_env: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
-        if settings.timeout < 1:
-            raise ConfigurationError(f"the cell timeout must be at least 1 second, got {settings.timeout}")
         self.nb = nb
         self.settings = settings
         self.workdir = Path(workdir)

@@ -85,7 +85,15 @@ from typing import Any
 
 from labkit.errors import ConfigurationError
 
-from ._engine import CellFate, EngineSettings, NotebookRun, run_sync
+from ._engine import (
+    DEFAULT_CELL_TIMEOUT,
+    MAX_KERNELS,
+    CellFate,
+    EngineSettings,
+    NotebookRun,
+    check_cell_timeout,
+    run_sync,
+)
 from ._gradebook import GradebookFiles, write_gradebook
 from ._inkernel import ARM_ENV, SEAL_MIME, verify_seals
 from ._outcomes import PartOutcome, cell_problems, part_outcome, problems_before, recorded_verdict
@@ -94,7 +102,6 @@ from ._results import GradeError, GradeReport, SubmissionResult, SubmissionStatu
 from ._submissions import Submission, SubmissionError, find_submissions, read_submission
 from .checks import CHECK_LOCK_ENV
 from .notebook import AssignError, Part
-from .runner import DEFAULT_CELL_TIMEOUT
 
 __all__ = [
     "GradeError",
@@ -117,10 +124,66 @@ __all__ = [
 
 #: A submission may use this many per-cell timeouts in all, restarts and replays included.
 BUDGET_CELLS = 10
-#: Kernel starts per submission (the first included) before the grader gives up on it.
-MAX_KERNELS = 4
 #: Share of the machine's memory all the jobs' kernels may use together (when no limit is given).
 MEMORY_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a :class:`GradeSettings` field appears on ``labkit grade``'s command line.
+
+    ``parse`` turns the option's text into the field's value (raising ``ValueError`` with a
+    message for a bad one). ``default_text`` says what the default means when the value alone
+    would not (``None`` for the budget is "ten cell timeouts"); ``command_default`` is the
+    command's own default when it differs from the field's (the command grades with every core).
+    """
+
+    flag: str
+    help: str
+    parse: Callable[[str], Any]
+    metavar: str
+    default_text: str | None = None
+    command_default: Any = None
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+def _at_least_one(text: str) -> int:
+    value = _whole_number(text)
+    if value < 1:
+        raise ValueError(f"expected at least 1, got {value}")
+    return value
+
+
+def _cell_timeout(text: str) -> int:
+    value = _whole_number(text)
+    check_cell_timeout(value)
+    return value
+
+
+def _megabytes(text: str) -> int:
+    return _at_least_one(text) * 2**20
+
+
+def _jobs(text: str) -> int | str:
+    if text == "max":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected 'max' or a whole number, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"expected at least 1 job, got {value}")
+    return value
+
+
+def _option(default: Any, flag: str, help: str, parse: Callable[[str], Any], metavar: str, **more: Any) -> Any:
+    return field(default=default, metadata={"option": Option(flag, help, parse, metavar, **more)})
 
 
 @dataclass(frozen=True)
@@ -135,17 +198,22 @@ class GradeSettings:
     gives up on it. ``extra_env``: environment variables added to every kernel's.
     """
 
-    timeout: int = DEFAULT_CELL_TIMEOUT
-    budget: float | None = None
-    memory_limit: int | None = None
-    jobs: int = 1
+    timeout: int = _option(DEFAULT_CELL_TIMEOUT, "--timeout", "seconds one cell may run", _cell_timeout,
+                           "SECONDS")
+    budget: float | None = _option(None, "--submission-timeout",
+                                   "seconds one submission may run in all, restarts included", _at_least_one,
+                                   "SECONDS", default_text=f"{BUDGET_CELLS} cell timeouts")
+    memory_limit: int | None = _option(None, "--memory-limit", "memory one kernel and its processes may use",
+                                       _megabytes, "MB",
+                                       default_text=f"{MEMORY_SHARE:.0%} of the machine's, shared by the jobs")
+    jobs: int = _option(1, "--jobs", "submissions graded at once: a number, or 'max' for this machine's usable "
+                        "cores", _jobs, "N", command_default="max")
     lock_path: Path | None = None
     max_kernels: int = MAX_KERNELS
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.timeout < 1:
-            raise ConfigurationError(f"the cell timeout must be at least 1 second, got {self.timeout}")
+        check_cell_timeout(self.timeout)
         if self.jobs < 1:
             raise ConfigurationError(f"jobs must be at least 1, got {self.jobs}")
         if self.budget is not None and self.budget < self.timeout:

@@ -21,15 +21,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._engine import EngineSettings, NotebookRun, run_sync
+from ._engine import DEFAULT_CELL_TIMEOUT, EngineSettings, NotebookRun, run_sync
 from ._outcomes import PartOutcome, PartStatus, part_outcome, problems_before, recorded_verdict
 from .notebook import parse_parts, read_notebook
 
 __all__ = ["PartOutcome", "PartStatus", "run_notebook", "DEFAULT_CELL_TIMEOUT"]
-
-#: Seconds one cell may run. Checks retry a spoiled measurement up to three times, and the slowest
-#: does a few seconds of work each time on a loaded machine; a minute leaves a wide margin.
-DEFAULT_CELL_TIMEOUT = 60
 
 
 def run_notebook(path: str | os.PathLike[str], *, timeout: int = DEFAULT_CELL_TIMEOUT,
