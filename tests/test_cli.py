@@ -42,3 +42,19 @@ def test_python_dash_m_labkit_is_the_command():
                             text=True, timeout=60)
     assert result.returncode == 0
     assert "Usable cores" in result.stdout
+
+
+def test_doctor_names_the_start_method_labkit_uses_and_honours_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv("LABKIT_START_METHOD", "spawn")
+    assert main(["doctor", "--no-measure", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["labkit_start_method"] == "spawn"
+
+
+def test_a_bad_start_method_in_the_environment_is_reported_not_a_crash(capsys, monkeypatch):
+    monkeypatch.setenv("LABKIT_START_METHOD", "teleport")
+    assert main(["doctor", "--no-measure"]) == 0
+    assert "LABKIT_START_METHOD='teleport' is not a start method available here" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    assert "names no method available here" in " ".join(capsys.readouterr().out.split())

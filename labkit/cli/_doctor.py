@@ -34,6 +34,7 @@ def collect(measure: bool = True) -> dict:
         "gil_enabled": getattr(sys, "_is_gil_enabled", lambda: True)(),
         "platform": platform.platform(terse=True),
         "start_method": cores.start_method,
+        "labkit_start_method": _labkit_start_method(),
         "cores": {
             "logical": cores.logical,
             "physical": cores.physical,
@@ -51,6 +52,17 @@ def collect(measure: bool = True) -> dict:
     return report
 
 
+def _labkit_start_method() -> str:
+    """What pools and clusters use when not told: $LABKIT_START_METHOD, else the safe default."""
+    from ..cores import check_start_method
+    from ..errors import ConfigurationError
+
+    try:
+        return check_start_method(None)
+    except ConfigurationError as exc:
+        return f"none: {exc}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the report; exit 0."""
     report = collect(measure=not args.no_measure)
@@ -62,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         ("Python", f"{report['python']} ({report['implementation']}, GIL {'on' if report['gil_enabled'] else 'off'})"),
         ("Platform", report["platform"]),
-        ("Start method", report["start_method"]),
+        ("Start method", f"{report['start_method']} (this Python's default); labkit's pools and clusters use "
+                         f"{report['labkit_start_method']}"),
         ("Logical CPUs", str(cores["logical"])),
         ("Physical cores", str(cores["physical"] or "unknown")),
         ("CPU affinity", affinity),

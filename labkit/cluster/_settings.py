@@ -131,7 +131,12 @@ def _start_method(name: str, value: str | None) -> None:
 
 def _default_start_method() -> str:
     """The start method a cluster uses when none is given, here: $LABKIT_START_METHOD, else the safe one."""
-    return check_start_method(None)
+    try:
+        return check_start_method(None)
+    except ConfigurationError:  # --help must still work; using the cluster will say what is wrong
+        from ..cores import safe_start_method
+
+        return f"{safe_start_method()}, as $LABKIT_START_METHOD names no method available here"
 
 
 # ------------------------------------------------------------------------------ declarations
