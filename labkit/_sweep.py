@@ -198,7 +198,7 @@ def sweep(
 
     ``workers`` defaults to :func:`default_worker_counts`; ``kind`` is a
     :class:`~labkit.pool.WorkerPool` kind. Each point is repeated ``repeats`` times and the median
-    run kept. ``progress=True`` shows a bar (a widget in a notebook). The machine's delivered
+    run kept. ``progress=True`` shows a tqdm bar (a widget in a notebook, text on stderr elsewhere). The machine's delivered
     parallelism is measured first and stored with the result, to judge it by.
     """
     if tasks < 1 or repeats < 1:
@@ -208,43 +208,20 @@ def sweep(
         raise ConfigurationError(f"workers must be positive integers, got {counts!r}")
     cores = usable_cores().usable
     delivered = measure_parallelism(cores).delivered
-    bar = _progress(len(counts)) if progress else None
+    from .pool._progress import make_progress  # on use: a sweep without a bar never loads tqdm
+
+    bar = make_progress(len(counts), "sweep") if progress else None
     points = []
     try:
         for n in counts:
             points.append(_run_point(function, tuple(args), tasks, n, kind, repeats))
             if bar is not None:
-                bar(len(points))
+                bar.advance()
     finally:
         if bar is not None:
-            bar(None)
+            bar.close(ok=len(points) == len(counts))
     name = label or getattr(function, "__name__", "task")
     return SweepResult(label=name, kind=kind, tasks=tasks, points=tuple(points), usable=cores, delivered=delivered)
-
-
-def _progress(total: int) -> Callable[[int | None], None]:
-    """A tiny progress display: an ipywidgets bar in a kernel, nothing elsewhere."""
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        shell = None
-    if shell is None or not hasattr(shell, "kernel"):
-        return lambda done: None
-    import ipywidgets
-    from IPython.display import display
-
-    bar = ipywidgets.IntProgress(value=0, max=total, description="sweep")
-    display(bar)
-
-    def update(done: int | None) -> None:
-        if done is None:
-            bar.bar_style = "success"
-        else:
-            bar.value = done
-
-    return update
 
 
 def speedup(result: SweepResult) -> dict[int, float]:

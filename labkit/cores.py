@@ -15,6 +15,18 @@ Even the usable count is a promise, not a delivery: on a shared machine other pr
 share. :func:`measure_parallelism` asks the operating system for real, by spinning one process per
 usable core for a fraction of a second and adding up the CPU time they were given. That number is
 the yardstick every speed verdict of the course is judged against.
+
+The same module answers the two questions every pool and cluster asks before it starts a process:
+how many workers :func:`resolve_workers` makes of ``"max"``, ``-1`` or ``N``, and which
+``multiprocessing`` start method :func:`check_start_method` picks. Both have one answer for the
+whole library, so a pool and a cluster given the same words start the same processes.
+
+Environment:
+    ``LABKIT_START_METHOD``: ``fork``, ``spawn`` or ``forkserver``. When set, it is the start
+    method of every pool and cluster of the run that is not given ``start_method=`` explicitly
+    (an explicit argument still wins). A value that is not a start method, or one this platform
+    lacks (``fork`` on Windows), raises :class:`~labkit.errors.ConfigurationError` when a pool or
+    cluster is created. Unset or empty: labkit's safe default (:func:`safe_start_method`).
 """
 
 from __future__ import annotations
@@ -39,7 +51,14 @@ __all__ = [
     "cgroup_cpu_quota",
     "default_start_method",
     "safe_start_method",
+    "check_start_method",
+    "resolve_workers",
+    "START_METHOD_ENV",
 ]
+
+#: The environment variable that sets the default start method of a whole run (see the module
+#: docstring): handy to replay a notebook or a test suite under ``spawn`` without editing it.
+START_METHOD_ENV = "LABKIT_START_METHOD"
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,9 @@ def default_start_method() -> str:
 def safe_start_method() -> str:
     """The start method labkit's pools and clusters use unless told otherwise: never ``fork``.
 
+    "Told otherwise" is a ``start_method=`` argument or ``LABKIT_START_METHOD`` (see
+    :func:`check_start_method`).
+
     ``forkserver`` where the platform has it, else ``spawn``. A forked child is a copy of a parent
     that runs threads (every Jupyter kernel does, and so do labkit's own supervisors), and a copy
     can deadlock on a lock one of those threads held at the moment of the fork; Python 3.12 warns
@@ -120,6 +142,70 @@ def safe_start_method() -> str:
     """
     available = multiprocessing.get_all_start_methods()
     return "forkserver" if "forkserver" in available else "spawn"
+
+
+def check_start_method(start_method: str | None = None) -> str:
+    """The start method to use: ``start_method`` if given, else ``$LABKIT_START_METHOD``, else safe.
+
+    Every pool and cluster of labkit asks this one function, so they agree on what is allowed and
+    on what the default is:
+
+    - an explicit ``start_method`` (``"fork"``, ``"spawn"`` or ``"forkserver"``) must be one this
+      platform offers;
+    - ``None`` reads the environment variable ``LABKIT_START_METHOD`` (:data:`START_METHOD_ENV`),
+      checked the same way, so a whole run can be switched to another start method from outside;
+    - unset or empty, the answer is :func:`safe_start_method` (never ``fork``).
+
+    Raises :class:`~labkit.errors.ConfigurationError` naming the methods this platform offers.
+    """
+    available = multiprocessing.get_all_start_methods()
+    offered = ", ".join(map(repr, available))
+    if start_method is not None:
+        if start_method not in available:
+            raise ConfigurationError(
+                f"start_method {start_method!r} is not available here; this platform offers {offered}")
+        return start_method
+    from_env = os.environ.get(START_METHOD_ENV, "").strip()
+    if not from_env:
+        return safe_start_method()
+    if from_env not in available:
+        raise ConfigurationError(
+            f"{START_METHOD_ENV}={from_env!r} is not a start method available here; this platform "
+            f"offers {offered}. Set it to one of them, or unset it for labkit's default "
+            f"({safe_start_method()!r})")
+    return from_env
+
+
+def resolve_workers(workers: int | str) -> int:
+    """Turn ``"max"``, ``-1`` or a positive count into a number of workers.
+
+    ``"max"`` is one worker per usable core (:func:`usable_cores`), like PM2's ``-i max``; ``-1``
+    leaves one usable core for everything else (the notebook, a load generator) but never goes
+    below one; a positive integer is taken as it is. Strings from a command line (``"max"``,
+    ``"-1"``, ``"4"``, any case and spacing) mean the same. Anything else (``0``, ``-2``,
+    ``1.5``, ``True``, ``"all"``) raises :class:`~labkit.errors.ConfigurationError`.
+    """
+    given = workers
+    if isinstance(workers, str):
+        text = workers.strip().lower()
+        if text == "max":
+            return usable_cores().usable
+        try:
+            workers = int(text)
+        except ValueError:
+            raise ConfigurationError(_workers_message(given)) from None
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise ConfigurationError(_workers_message(given))
+    if workers == -1:
+        return max(1, usable_cores().usable - 1)
+    if workers < 1:
+        raise ConfigurationError(_workers_message(given))
+    return workers
+
+
+def _workers_message(workers: object) -> str:
+    return (f"workers must be 'max', -1 or a positive integer ('max': one per usable core, -1: all "
+            f"usable cores but one); got {workers!r}")
 
 
 def _affinity() -> frozenset[int] | None:

@@ -30,7 +30,7 @@ RESULT_MIME = "application/vnd.labkit.check+json"
 
 #: Every student of the corpus, so tests can be parametrized before the corpus is written.
 STUDENTS = ("alice", "bob", "carol", "dan", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
-            "mallory", "oscar", "peggy", "trent")
+            "mallory", "oscar", "peggy", "sybil", "trent", "walter")
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,29 @@ def fake_records():
     return nb
 
 
+def agreeable_answers():
+    """No work at all: every function returns an object that says it equals whatever it is compared
+    with (its __eq__ answers True, its __ne__ False, also as an int subclass)."""
+    nb = exercise()
+    login = _cell_index(nb, LOGIN_DEF)
+    nb.cells[login].source = (
+        "class Agreeable(int):\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n\n"
+        "    def __ne__(self, other):\n"
+        "        return False\n\n"
+        "    __hash__ = int.__hash__\n\n"
+        "class AgreeableList(list):\n"
+        "    __eq__ = Agreeable.__eq__\n"
+        "    __ne__ = Agreeable.__ne__\n\n"
+        f"{LOGIN_DEF}\n"
+        "    return Agreeable(0)\n"
+    )
+    report = _cell_index(nb, REPORT_DEF)
+    nb.cells[report].source = f"{REPORT_DEF}\n    return Agreeable(0)\n"
+    return nb
+
+
 def extra_cells():
     """The solution with the student's own cells added between and after the parts."""
     nb = solution()
@@ -224,6 +247,10 @@ def build(root: Path) -> tuple[Path, Path, dict[str, Expected]]:
         "oscar": (fake_records(), Expected("ex01", 0, 7, parts=(
             ("ex01.offload_hash", "failed", "The grader ignored"),))),
         "peggy": (extra_cells(), Expected("ex01", 7, 7, parts=full)),
+        "sybil": (agreeable_answers(), Expected("ex01", 0, 7, parts=(
+            ("ex01.offload_hash", "failed", "which the check does not compare"),
+            ("ex01.offload_primes", "failed", "which the check does not compare"),
+            ("ex01.many_logins", "failed", "which the check does not compare")))),
     }
     expected = {}
     for student, (nb, due) in corpus.items():
@@ -239,6 +266,9 @@ def build(root: Path) -> tuple[Path, Path, dict[str, Expected]]:
                                  parts=(("", "rejected", "not valid notebook JSON"),))
     (submissions / "trent.ipynb").write_bytes(b"")
     expected["trent"] = Expected("", 0, 0, status="rejected", parts=(("", "rejected", "the file is empty"),))
+    # JSON nested deeper than Python's recursion limit: one rejected line, and the batch goes on.
+    (submissions / "walter.ipynb").write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    expected["walter"] = Expected("", 0, 0, status="rejected", parts=(("", "rejected", "nests JSON"),))
     assert sorted(expected) == sorted(STUDENTS)
     return solutions, submissions, expected
 

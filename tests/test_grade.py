@@ -125,7 +125,7 @@ def test_every_student_gets_a_feedback_file_that_keeps_hidden_checks_secret(corp
 def test_the_terminal_gets_a_summary_and_progress_but_no_tracebacks_or_kernel_noise(corpus):
     for student in STUDENTS:
         assert student in corpus.stdout
-    assert "[15/15]" in corpus.stderr
+    assert "[17/17]" in corpus.stderr
     assert "Traceback" not in corpus.stderr + corpus.stdout
     assert "IPKernelApp" not in corpus.stderr
 
@@ -206,6 +206,7 @@ def test_an_argument_that_matches_nothing_is_a_warning(tmp_path):
     (b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}', "no labkit.exercise"),
     (b'{"nbformat": 4, "metadata": {"labkit": {"exercise": "ex01"}}, '
      b'"cells": [{"cell_type": "code", "source": 3}]}', "cell 1 is malformed"),
+    (b"[" * 200_000 + b"]" * 200_000, "nests JSON lists or objects more deeply"),
 ])
 def test_a_broken_submission_is_named_in_one_clear_sentence(tmp_path, content, phrase):
     path = tmp_path / "broken.ipynb"

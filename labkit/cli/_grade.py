@@ -122,11 +122,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"labkit grade: warning: {warning}", file=sys.stderr)
     if not submissions:
         return fail("no submissions matched; give notebook files, folders of them, or glob patterns")
-    jobs = args.jobs
-    if jobs == "max":
-        from labkit.cores import usable_cores
+    from labkit.cores import resolve_workers
 
-        jobs = usable_cores().usable
+    jobs = resolve_workers(args.jobs)  # 'max' is one job per usable core, as for pools and clusters
     try:
         settings = GradeSettings(
             timeout=args.timeout or DEFAULT_CELL_TIMEOUT, budget=args.submission_timeout,

@@ -35,6 +35,7 @@ import psutil
 
 from ._balance import Acceptor, bind_listener
 from ._state import (
+    LIFECYCLE,
     ClusterEvent,
     ClusterStats,
     RestartPolicy,
@@ -576,9 +577,7 @@ class Arbiter:
             pass  # still running: cannot happen after join() unless join timed out
 
     def _set_state(self, worker: _Worker, state: WorkerState) -> None:
-        if not worker.state.can_become(state):
-            raise RuntimeError(f"worker {worker.slot.id}: {worker.state.value} cannot become {state.value}")
-        worker.state = state
+        worker.state = LIFECYCLE.move(worker.state, state, f"worker {worker.slot.id}")
 
     def _live(self, slot: _Slot) -> list[_Worker]:
         return [w for w in self.workers if w.slot is slot]

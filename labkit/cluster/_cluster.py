@@ -20,7 +20,8 @@ from ._state import (
     diagnose,
 )
 from ._worker import WORKER_ID_ENV
-from ..cores import safe_start_method, usable_cores
+from .._exits import RemoteTraceback
+from ..cores import check_start_method, resolve_workers
 from ..errors import ConfigurationError, ServerStartError
 
 __all__ = [
@@ -100,29 +101,6 @@ SUPERVISOR_MAX_WAIT = 1.0
 BACKLOG = 1024
 
 
-def resolve_workers(workers: int | str) -> int:
-    """Turn ``"max"``, ``-1`` or a positive count into a number of workers.
-
-    ``"max"`` is one worker per usable core (:func:`labkit.usable_cores`), like PM2's ``-i max``;
-    ``-1`` leaves one core for everything else (the notebook, the load generator).
-    """
-    if isinstance(workers, str):
-        text = workers.strip().lower()
-        if text == "max":
-            return usable_cores().usable
-        try:
-            workers = int(text)
-        except ValueError:
-            raise ConfigurationError(f"workers must be 'max', -1 or a positive integer; got {workers!r}") from None
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise ConfigurationError(f"workers must be 'max', -1 or a positive integer; got {workers!r}")
-    if workers == -1:
-        return max(1, usable_cores().usable - 1)
-    if workers < 1:
-        raise ConfigurationError(f"workers must be 'max', -1 or a positive integer; got {workers}")
-    return workers
-
-
 class Cluster:
     """Run a tornado app in N worker processes that share one port, and keep them running.
 
@@ -152,8 +130,9 @@ class Cluster:
         balance: ``"os"``, ``"reuseport"`` or ``"round-robin"`` (see the module docstring).
         host: address to bind; 127.0.0.1 keeps the cluster private to this machine.
         port: 0 lets the system pick a free port (see :attr:`url`).
-        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` means ``"forkserver"``
-            where the platform has it, else ``"spawn"`` (see :func:`labkit.cores.safe_start_method`).
+        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` means ``$LABKIT_START_METHOD``
+            if set, else ``"forkserver"`` where the platform has it, else ``"spawn"`` (see
+            :func:`labkit.cores.check_start_method`).
         min_uptime, max_restarts: the crash-loop guard (see :data:`MIN_UPTIME`, :data:`MAX_RESTARTS`).
         restart_delay, max_restart_delay, backoff_factor, stable_uptime: restart backoff.
         heartbeat_timeout: replace a worker whose loop is silent this long.
@@ -196,9 +175,7 @@ class Cluster:
         if not (module and sep and attr):
             raise ConfigurationError(f"app must look like 'module:factory' (say 'labkit.demo:demo_app'); got {app!r}")
         check_balance(balance)
-        if start_method is not None and start_method not in multiprocessing.get_all_start_methods():
-            methods = ", ".join(multiprocessing.get_all_start_methods())
-            raise ConfigurationError(f"start_method must be one of {methods}; got {start_method!r}")
+        start_method = check_start_method(start_method)  # explicit, else $LABKIT_START_METHOD, else safe
         for name, value in (("min_uptime", min_uptime), ("restart_delay", restart_delay),
                             ("heartbeat_timeout", heartbeat_timeout), ("graceful_timeout", graceful_timeout),
                             ("startup_timeout", startup_timeout), ("max_restart_delay", max_restart_delay)):
@@ -216,7 +193,7 @@ class Cluster:
         self.workers = resolve_workers(workers)
         # The supervisor is a thread of this process, so forking from it copies a threaded
         # process: labkit never does that unless asked (see cores.safe_start_method).
-        self.start_method = start_method or safe_start_method()
+        self.start_method = start_method
         self.graceful_timeout = graceful_timeout
         self.startup_timeout = startup_timeout
         self.on_change = on_change
@@ -307,7 +284,7 @@ class Cluster:
         failed = arbiter.failed_boot(ids)
         if failed is not None:
             raise ServerStartError(f"worker {failed.id} could not start {self.app!r}: {failed.boot_error}") \
-                from _RemoteTraceback(failed.boot_traceback or failed.boot_error or "")
+                from RemoteTraceback(failed.boot_traceback or failed.boot_error or "")
         if not settled:
             raise ServerStartError(f"the workers of {self.app!r} did not get ready within "
                                    f"startup_timeout={self.startup_timeout:g} s; raise it on a slow machine")
@@ -449,14 +426,3 @@ def _stop_at_exit(arbiter: Arbiter, timeout: float) -> None:
         arbiter.call(arbiter.shutdown, timeout)
         arbiter.wait_until(lambda: arbiter.finished, timeout + KILL_MARGIN + 5)
     arbiter.join(5)
-
-
-class _RemoteTraceback(Exception):
-    """A worker's traceback, carried over as text and chained to the error it explains."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return "\n" + self.text

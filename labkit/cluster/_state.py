@@ -10,8 +10,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from .. import _lifeline
-from .._exits import signal_name
+from .._exits import Lifecycle, ending
 from .._format import format_bytes, format_uptime
 
 __all__ = [
@@ -50,7 +49,7 @@ class WorkerState(enum.Enum):
 
     def can_become(self, other: WorkerState) -> bool:
         """Whether a worker in this state may move to ``other``."""
-        return other in _TRANSITIONS[self]
+        return LIFECYCLE.allows(self, other)
 
     @property
     def alive(self) -> bool:
@@ -58,13 +57,15 @@ class WorkerState(enum.Enum):
         return self in (WorkerState.STARTING, WorkerState.READY, WorkerState.STOPPING)
 
 
-_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.READY: frozenset({WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.STOPPING: frozenset({WorkerState.EXITED}),
-    WorkerState.EXITED: frozenset({WorkerState.ERRORED}),
-    WorkerState.ERRORED: frozenset(),
-}
+#: The legal moves between states; an illegal move raises :class:`labkit._exits.IllegalMoveError`
+#: (the pool's worker slots use the same helper).
+LIFECYCLE: Lifecycle[WorkerState] = Lifecycle({
+    WorkerState.STARTING: {WorkerState.READY, WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.READY: {WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.STOPPING: {WorkerState.EXITED},
+    WorkerState.EXITED: {WorkerState.ERRORED},
+    WorkerState.ERRORED: set(),
+})
 
 
 @dataclass(frozen=True)
@@ -236,17 +237,11 @@ class RestartPolicy:
         return RestartDecision(self.delay(backoff), backoff, young_deaths)
 
 
-_SIGNAL_HINTS = {
-    "SIGKILL": "out of memory (the kernel's OOM killer; see dmesg), or killed by hand?",
-    "SIGTERM": "someone outside the cluster asked it to stop (kill PID?)",
-    "SIGINT": "Ctrl-C reached it directly",
+# The cluster's own words where they differ from labkit._exits: tests/test_cluster.py expects a
+# segmentation fault to be blamed on "C code", while notebook 03's saved output shows the pool's
+# wording of the same signal.
+_CLUSTER_CAUSES = {
     "SIGSEGV": "a crash in C code (an extension module, or a bug in Python itself)",
-    "SIGBUS": "a crash in C code, or a memory-mapped file that shrank",
-    "SIGABRT": "aborted: a failed assertion in C code, or a fatal Python error on its stderr",
-    "SIGFPE": "an arithmetic fault in C code",
-    "SIGILL": "an illegal instruction: a binary built for another CPU?",
-    "SIGPIPE": "it wrote to a pipe nobody reads",
-    "SIGHUP": "its terminal went away",
 }
 
 
@@ -254,21 +249,22 @@ def diagnose(exitcode: int | None, *, boot_error: str | None = None) -> str:
     """Turn a worker's exit status into a sentence that suggests a cause.
 
     ``exitcode`` follows :attr:`multiprocessing.Process.exitcode`: negative means killed by that
-    signal. ``boot_error`` is what the worker reported before exiting, if anything.
+    signal. ``boot_error`` is what the worker reported before exiting, if anything. What signals
+    and statuses mean is known in :mod:`labkit._exits`; this phrases it for a cluster's event log.
     """
     if boot_error:
         return f"failed to boot: {boot_error}"
-    if exitcode is None:
+    end = ending(exitcode)
+    if end.exitcode is None:
         return "still running"
-    if exitcode < 0:
-        name = signal_name(-exitcode)
-        hint = _SIGNAL_HINTS.get(name, "sent by another process or the kernel")
-        return f"killed by {name}: {hint}"
+    if end.signal is not None:
+        name = end.signal.name
+        return f"killed by {name}: {_CLUSTER_CAUSES.get(name, end.signal.cause)}"
     if exitcode == 0:
         return "exited with status 0 without being asked to (did the app stop its own loop?)"
     if exitcode == BOOT_ERROR_EXIT:
         return f"exited with status {exitcode}: it could not boot (import, factory or bind failed)"
-    if exitcode == _lifeline.ORPHAN_EXIT_CODE:
+    if end.orphaned:
         return f"exited with status {exitcode}: it lost its primary process"
     if exitcode == 1:
         return "exited with status 1: an uncaught exception (its traceback is on the worker's stderr)"

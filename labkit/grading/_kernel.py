@@ -28,7 +28,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .._exits import signal_name
+from .._exits import ending
 
 __all__ = ["CellFate", "Kernel", "clean_text", "describe_exit"]
 
@@ -75,19 +75,15 @@ class CellFate(Enum):
 
 
 def describe_exit(code: int | None) -> str:
-    """Why a kernel process ended, from its exit status, for a student to read."""
-    if code is None:
+    """Why a kernel process ended, from its exit status, for a student to read.
+
+    What each signal means is known in :mod:`labkit._exits`; this puts it in a student's words.
+    """
+    end = ending(code)
+    if end.exitcode is None:
         return "the kernel stopped unexpectedly"
-    if code < 0:
-        name = signal_name(-code)
-        known = {
-            "SIGSEGV": "the kernel crashed with a segmentation fault (native code read memory it may not, "
-                       "for example through ctypes)",
-            "SIGKILL": "the kernel was killed (SIGKILL; the usual cause is running out of memory)",
-            "SIGABRT": "the kernel aborted (a fatal error in native code)",
-            "SIGBUS": "the kernel crashed with a bus error (native code read invalid memory)",
-        }
-        return known.get(name, f"the kernel was stopped by {name}")
+    if end.signal is not None:
+        return f"the kernel {end.signal.plainly}"
     return f"the kernel exited with status {code} (os._exit, or a fatal error in the interpreter)"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from ._values import plain_dict
 from .checks import Fail
 
 __all__ = ["settings_from"]
@@ -26,10 +27,7 @@ def settings_from(function: Callable[[], dict], name: str, *, example: str, fixe
         raise Fail(f"pass your {name} function itself to the check, not {type(function).__name__}")
     if inspect.iscoroutinefunction(function):
         raise Fail(f"{name} should be a plain function (def, not async def) that returns a dict")
-    settings = function()
-    if not isinstance(settings, dict):
-        raise Fail(f"{name}() returned {type(settings).__name__}; return a dict of Cluster keyword arguments, "
-                   f"such as {example}")
+    settings = plain_dict(function(), f"{name}()", shape=f"of Cluster keyword arguments, such as {example}")
     chosen = [key for key in settings if key in fixed]
     if chosen:
         raise Fail(f"{name}() sets {', '.join(chosen)}; the check chooses the app and the address, so leave "

@@ -189,6 +189,9 @@ def read_submission(path: str | os.PathLike[str]) -> StudentNotebook:
         raise SubmissionError(
             f"the file is not valid notebook JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); it may have "
             f"been cut off while saving or uploading, ask the student for the file again") from None
+    except RecursionError:
+        raise SubmissionError("the file nests JSON lists or objects more deeply than Python reads (a notebook "
+                              "nests a few levels): it is not a notebook") from None
     del text
     if not isinstance(data, Mapping) or data.get("nbformat") != 4 or not isinstance(data.get("cells"), list):
         raise SubmissionError("the file is JSON but not a Jupyter notebook of format 4 (no 'nbformat': 4 and "

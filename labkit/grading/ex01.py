@@ -25,6 +25,7 @@ from labkit.measure import best_of
 from labkit.probe import LoopProbe
 from labkit.workloads import count_primes, hash_password
 
+from ._values import plain
 from .checks import Fail, register
 
 __all__ = ["BLOCKED_SHARE", "IN_PROCESS_SHARE"]
@@ -79,7 +80,8 @@ async def check_offload_hash(login, cost: int = 16) -> str:
         return await _under_probe(lambda: login(password))
 
     (result, seconds, worst, _), free = await best_of(trial, lambda run: run[2] < BLOCKED_SHARE * run[1])
-    if result != expected:
+    result = plain(result, "login(password)")
+    if expected != result:
         raise Fail(f"login returned {str(result)[:40]!r}, not the hash of the password: return "
                    f"labkit.hash_password(password, {SALT!r}, COST)")
     if not free:
@@ -99,7 +101,8 @@ async def check_offload_primes(count_report, limit: int = 150_000) -> str:
         return await _under_probe(lambda: count_report(limit))
 
     (result, seconds, worst, cpu_here), free = await best_of(trial, lambda run: run[2] < BLOCKED_SHARE * run[1])
-    if result != expected:
+    result = plain(result, f"count_report({limit})")
+    if expected != result:
         raise Fail(f"count_report({limit}) returned {result!r}; there are {expected} primes below {limit}")
     if not free:
         raise Fail(_blocked_message("count_report", worst, seconds))
@@ -123,7 +126,7 @@ async def check_many_logins(login, cost: int = 16, users: int = 4) -> str:
         return await _under_probe(lambda: asyncio.gather(*(login(p) for p in passwords)))
 
     (results, seconds, worst, _), free = await best_of(trial, lambda run: run[2] < BLOCKED_SHARE * run[1])
-    if list(results) != expected:
+    if expected != plain(results, "asyncio.gather(login(...), ...)"):
         raise Fail("with several logins at once, some login returned another user's hash or a wrong one")
     if not free:
         raise Fail(_blocked_message(f"{users} concurrent logins", worst, seconds))

@@ -36,6 +36,7 @@ from labkit.errors import ConfigurationError, ServerStartError
 from labkit.measure import who_answers
 
 from ._settings import settings_from
+from ._values import plain, plain_dict
 from .checks import Fail, register
 
 __all__ = ["SERVICE", "BACK_WITHIN", "CRASHES"]
@@ -232,15 +233,14 @@ async def _judge_batch(render_batch, docs: list[int]) -> None:
             "A crash in a thread kills every thread of its process; give render_document a process of its own "
             "(WorkerPool('process')) and turn a crashed task into None."
         )
-    kind, value = outcome
+    kind, value = plain(outcome, f"render_batch({docs})")  # the sandbox's pickle: plain values only
     if kind == "raised":
         if value.startswith("NotImplementedError"):
             raise NotImplementedError(value.partition(": ")[2])
         hint = (" Catch WorkerCrashedError for the document that crashed, so one bad document does not fail the "
                 "whole batch." if "WorkerCrashedError" in value else "")
         raise Fail(f"render_batch({docs}) raised {value.rstrip('.')}.{hint}")
-    if not isinstance(value, dict):
-        raise Fail(f"render_batch returned {type(value).__name__}; return a dict {{document: html or None}}")
+    value = plain_dict(value, "render_batch", shape="{document: html or None}")
     wrong = [doc for doc in docs if value.get(doc, "missing") != (None if is_corrupt(doc) else render_document(doc))]
     if wrong:
         details = ", ".join(f"{doc}: {value.get(doc, 'missing')!r}" for doc in wrong[:3])

@@ -36,6 +36,7 @@ from labkit.cores import measure_parallelism, usable_cores
 from labkit.measure import DEFAULT_TRIES
 from labkit.workloads import count_primes, hash_password
 
+from ._values import plain
 from .checks import Fail, register
 
 __all__ = ["FAIR_SHARE", "IN_PROCESS_SHARE", "SALT", "BatchRun"]
@@ -159,12 +160,13 @@ async def check_hash_batch(hash_all, cost: int = 14) -> str:
         return await _compare(reference, lambda: hash_all(passwords), tasks)
 
     run = await trial()
-    result = list(run.result) if isinstance(run.result, (list, tuple)) else run.result
+    result = plain(run.result, "hash_all(passwords)")
+    result = list(result) if isinstance(result, tuple) else result
     if not isinstance(result, list) or len(result) != len(passwords):
         shown = f"{len(result)} items" if isinstance(result, list) else type(result).__name__
         raise Fail(f"hash_all returned {shown} for {len(passwords)} passwords: return a list with one hash "
                    "per password (list(pool.map(hash_one, passwords)))")
-    if result != run.expected:
+    if run.expected != result:
         wrong = next(i for i, (a, b) in enumerate(zip(result, run.expected)) if a != b)
         raise Fail(f"hash_all's hash number {wrong} is not the hash of password {wrong} ({passwords[wrong]!r}): "
                    "return the hashes of hash_one(password), in the order of the passwords (pool.map keeps it)")
@@ -195,8 +197,9 @@ async def check_count_batch(count_below, limit: int = 200_000) -> str:
         return await _compare(lambda: count_primes(limit), lambda: count_below(limit), usable_cores().usable)
 
     run = await trial()
-    if run.result != run.expected:
-        raise Fail(f"count_below({limit}) returned {run.result!r}; there are {run.expected} primes below {limit}. "
+    result = plain(run.result, f"count_below({limit})")
+    if run.expected != result:
+        raise Fail(f"count_below({limit}) returned {result!r}; there are {run.expected} primes below {limit}. "
                    "Add up the counts of pieces that together cover 2 to limit - 1, each number exactly once.")
     if run.in_this_process:
         raise Fail(
@@ -218,8 +221,8 @@ async def check_edges(count_below) -> str:
     """count_below is right at small and awkward limits."""
     _require_function(count_below, "count_below")
     for limit in (0, 1, 2, 3, 10, 97, 1_000, 12_345):
-        got, expected = count_below(limit), count_primes(limit)
-        if got != expected:
+        got, expected = plain(count_below(limit), f"count_below({limit})"), count_primes(limit)
+        if expected != got:
             raise Fail(f"count_below({limit}) returned {got!r}; there are {expected} primes below {limit}. "
                        "Check the ends of your pieces: each number from 2 to limit - 1 is counted once, "
                        "and a piece may be empty.")

@@ -167,8 +167,9 @@ def _compare(output, expected, radius: int) -> str | None:
 
     if output is None:
         return "parallel_blur returned None: return the blurred image (a copy of the shared output: dst.array.copy())"
-    if not isinstance(output, np.ndarray):
+    if not issubclass(type(output), np.ndarray):
         return f"parallel_blur returned a {type(output).__name__}, not a numpy array"
+    output = np.ndarray.view(output, np.ndarray)  # the data alone: a subclass's methods never judge it
     if output.shape != expected.shape:
         return f"parallel_blur returned an array of shape {output.shape}; the image's shape is {expected.shape}"
     if np.array_equal(output, expected):

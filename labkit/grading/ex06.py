@@ -26,6 +26,7 @@ import psutil
 
 from labkit.cores import usable_cores
 
+from ._values import plain
 from .checks import Fail, register
 
 __all__ = ["NEAR_BEST", "TABLES", "fake_container", "expected_pick"]
@@ -87,8 +88,8 @@ def _require_function(function, name: str) -> None:
 
 
 def _answer(function, *args, **kwargs) -> int:
-    value = function(*args, **kwargs)
-    if isinstance(value, bool) or not isinstance(value, int):
+    value = plain(function(*args, **kwargs), f"choose_workers{args!r}")
+    if type(value) is not int:
         raise Fail(f"choose_workers{args!r} returned {value!r}; return a whole number of workers (an int)")
     return value
 
@@ -132,9 +133,9 @@ async def check_pick_workers(pick_workers, table: dict[int, float] | None = None
     if table is not None:
         tables = {"the table in this notebook": dict(table), **tables}
     for name, throughput in tables.items():
-        chosen = pick_workers(dict(throughput))
+        chosen = plain(pick_workers(dict(throughput)), "pick_workers(table)")
         want = expected_pick(throughput)
-        if chosen == want:
+        if want == chosen:
             continue
         best = max(throughput, key=lambda workers: throughput[workers])
         rows = ", ".join(f"{n}: {rate}" for n, rate in sorted(throughput.items()))

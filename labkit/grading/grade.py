@@ -46,6 +46,11 @@ Defended (a notebook cannot raise its score by):
   of ``labkit`` bound under a random name before the student's code runs;
 - replacing labkit's functions or the ``time`` module's (``labkit.measure.best_of = ...``): a check
   finds the replacement and fails with a message naming it;
+- returning objects that decide comparisons (an ``__eq__`` that always agrees, a subclass of the
+  expected type, a metaclass that lies about its classes): answers are rebuilt from plain built-in
+  values before any comparison, and anything else is refused (:mod:`labkit.grading._values`);
+- a malformed submission file, JSON nested too deep included, or any error while one submission is
+  read or planned: that submission's ``rejected`` or ``error`` line, and the batch goes on;
 - looping, sleeping, crashing or exhausting memory: per-cell and per-submission time limits, a
   memory limit, and a fresh kernel after a crash give zeros for the parts broken, no more;
 - huge outputs, control characters and terminal escapes in messages, names starting with ``=``
@@ -210,6 +215,18 @@ class _Grader:
         """Read, plan, run and score one submission; whatever happens, one result."""
         started = time.monotonic()
         try:
+            result = await self._grade(submission)
+        except Exception as exc:  # a grader failure: recorded on this submission's line, the batch goes on
+            guess = _guess_exercise(submission, self.exercises)
+            result = SubmissionResult(
+                submission, guess.id if guess else None, SubmissionStatus.ERROR,
+                max_points=guess.points if guess else 0.0,
+                message=f"the grader could not read or plan this notebook ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); grade it again once fixed")
+        return replace(result, seconds=time.monotonic() - started)
+
+    async def _grade(self, submission: Submission) -> SubmissionResult:
+        try:
             notebook = read_submission(submission.path)
         except SubmissionError as exc:
             guess = _guess_exercise(submission, self.exercises)
@@ -229,7 +246,7 @@ class _Grader:
                 submission, exercise.id, SubmissionStatus.ERROR, max_points=exercise.points,
                 message=f"the grader could not run this notebook ({type(exc).__name__}: {exc}); "
                         f"this is not the student's doing, grade it again once fixed")
-        return replace(result, seconds=time.monotonic() - started)
+        return result
 
     def _kernel_env(self, key: bytes) -> dict[str, str]:
         fd, path = tempfile.mkstemp(dir=self.scratch, prefix="arm-", suffix=".json")

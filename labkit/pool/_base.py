@@ -1,18 +1,24 @@
-"""The vocabulary shared by the pool's backends: errors, stats records, worker states, futures.
+"""The vocabulary shared by the pool's backends: errors, stats records, worker states, futures,
+what a backend is (:class:`PoolBackend`) and the queue limit every backend applies (:class:`QueueLimit`).
 
-Everything public here is re-exported by :mod:`labkit.pool`, which is where readers should look.
+The names a pool's user meets are re-exported by :mod:`labkit.pool`, which is where readers should
+look; :class:`PoolBackend`, :class:`QueueLimit` and :class:`SlotTally` are for writing backends.
+How a process ended, remote tracebacks and the lifecycle helper are shared with the cluster and
+live in :mod:`labkit._exits`.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
-from .._exits import signal_name
+from .._exits import Lifecycle, RemoteTraceback, ending
 from ..errors import LabkitError
 
 # --------------------------------------------------------------------------------------------
@@ -62,24 +68,8 @@ class TaskExitError(LabkitError, RuntimeError):
     """
 
 
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker, as text.
-
-    The exception that comes back from a worker lost its traceback on the way (tracebacks do not
-    pickle). The pool attaches the worker's formatted traceback as the exception's ``__cause__``,
-    so a notebook shows both: where it failed in the worker, then where the result was asked for.
-    """
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return "\n\n" + self.text.rstrip("\n")
-
-
 for _cls in (WorkerCrashedError, TaskTimeoutError, QueueFullError, PoolClosedError,
-             WorkerStartError, TaskSerializationError, TaskExitError, RemoteTraceback):
+             WorkerStartError, TaskSerializationError, TaskExitError):
     _cls.__module__ = "labkit.pool"  # where users import them from; shows in tracebacks
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +87,7 @@ class Tuning:
 
 
 class WorkerState(str, enum.Enum):
-    """Where one worker slot is in its life. Transitions are listed in ``TRANSITIONS``."""
+    """Where one worker slot is in its life. The legal moves are in :data:`LIFECYCLE`."""
 
     NEW = "new"  # never started
     STARTING = "starting"  # process started, has not said "ready" yet
@@ -110,15 +100,18 @@ class WorkerState(str, enum.Enum):
         return self.value
 
 
-#: The legal moves between states; anything else is a bug in the dispatcher.
-TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    WorkerState.NEW: frozenset({WorkerState.STARTING}),
-    WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED}),
-    WorkerState.STOPPING: frozenset({WorkerState.EXITED}),
-    WorkerState.EXITED: frozenset({WorkerState.STARTING}),
-}
+#: The legal moves between states; anything else is a bug in the dispatcher, and moving a slot
+#: there raises :class:`labkit._exits.IllegalMoveError` (the cluster's workers use the same helper).
+LIFECYCLE: Lifecycle[WorkerState] = Lifecycle({
+    WorkerState.NEW: {WorkerState.STARTING},
+    WorkerState.STARTING: {WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.IDLE: {WorkerState.BUSY, WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.BUSY: {WorkerState.IDLE, WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.STOPPING: {WorkerState.EXITED},
+    WorkerState.EXITED: {WorkerState.STARTING},
+})
+#: The same table as a plain mapping, for readers of older code.
+TRANSITIONS = LIFECYCLE.table
 
 
 @dataclass(frozen=True)
@@ -173,6 +166,31 @@ class WorkerStats:
     busy_seconds: float
     restarts: int
     name: str = ""
+
+
+class SlotTally:
+    """What every worker slot of a pool counts, whatever runs in it (a process or a thread).
+
+    A slot outlives its workers: a replacement process takes the same slot and adds to the same
+    counts. :meth:`record` turns the counts into the public :class:`WorkerStats`.
+    """
+
+    def __init__(self, index: int, name: str = "") -> None:
+        self.index = index
+        self.name = name
+        self.tasks = 0
+        self.busy_seconds = 0.0
+        self.restarts = 0
+
+    def count_task(self, seconds: float) -> None:
+        """One task ran to its end (a result or an exception) in ``seconds``."""
+        self.tasks += 1
+        self.busy_seconds += seconds
+
+    def record(self, pid: int | None, state: WorkerState) -> WorkerStats:
+        """A frozen :class:`WorkerStats` of this slot, with the given process id and state."""
+        return WorkerStats(slot=self.index, pid=pid, state=state, tasks=self.tasks,
+                           busy_seconds=self.busy_seconds, restarts=self.restarts, name=self.name)
 
 
 @dataclass(frozen=True)
@@ -230,36 +248,134 @@ class PoolStats:
 # --------------------------------------------------------------------------------------------
 # exit statuses, read aloud
 
-_SIGNAL_DIAGNOSES = {
-    "SIGKILL": "killed by SIGKILL (signal 9): out of memory (the kernel's OOM killer), or killed by hand?",
-    "SIGSEGV": "segmentation fault (SIGSEGV, signal 11): a bug in native code (a C extension, ctypes)",
-    "SIGBUS": "bus error (SIGBUS): often a full /dev/shm, or a file that shrank under a memory map",
-    "SIGABRT": "aborted (SIGABRT): native code called abort(), e.g. a failed assertion or a double free",
-    "SIGFPE": "arithmetic fault (SIGFPE): an integer division by zero in native code",
-    "SIGILL": "illegal instruction (SIGILL): native code built for a different CPU",
-    "SIGTERM": "terminated by SIGTERM (signal 15): stopped by another program or a process manager",
-}
-
-
 def describe_exit(exitcode: int | None) -> str:
-    """Turn a ``multiprocessing`` exit code into words and a likely cause.
+    """Turn a ``multiprocessing`` exit code into words and a likely cause (see :mod:`labkit._exits`).
 
     >>> describe_exit(-9)
-    "killed by SIGKILL (signal 9): out of memory (the kernel's OOM killer), or killed by hand?"
+    "killed by SIGKILL (signal 9): out of memory (the kernel's OOM killer; see dmesg), or killed by hand?"
+    >>> describe_exit(-11)
+    'segmentation fault (SIGSEGV, signal 11): a bug in native code (a C extension, ctypes)'
     """
-    if exitcode is None:
+    end = ending(exitcode)
+    if end.exitcode is None:
         return "vanished without an exit status"
-    if exitcode < 0:
-        number = -exitcode
-        name = signal_name(number)
-        if not name.startswith("SIG"):
-            return f"killed by {name}"
-        return _SIGNAL_DIAGNOSES.get(name, f"killed by {name} (signal {number})")
-    from .._lifeline import ORPHAN_EXIT_CODE
-
-    if exitcode == ORPHAN_EXIT_CODE:
+    if end.signal is not None:
+        meaning = end.signal
+        if not meaning.name.startswith("SIG"):
+            return f"killed by {meaning.name}"  # a number without a name: nothing more is known
+        if meaning.sent:
+            return f"killed by {meaning.name} (signal {meaning.number}): {meaning.cause}"
+        return f"{meaning.event} ({meaning.name}, signal {meaning.number}): {meaning.cause}"
+    if end.orphaned:
         return f"exited with code {exitcode}: it believed the pool's process had died"
+    # A task's own exceptions, sys.exit() included, come back as errors: only os._exit() or
+    # native code can end a worker with a status.
     return f"exited with code {exitcode} via os._exit or sys.exit in a C extension"
+
+
+# --------------------------------------------------------------------------------------------
+# what a backend is, and the queue limit every backend applies
+
+
+@runtime_checkable
+class PoolBackend(Protocol):
+    """What :class:`~labkit.pool.WorkerPool` needs from the machinery that runs its tasks.
+
+    ``WorkerPool`` checks arguments, owns the finalizer and the exit hook, and turns ``map`` into
+    submissions; everything that depends on *where* tasks run is a backend's job: the process
+    backend (``_process.ProcessBackend``) and the executor backend for threads and interpreters
+    (``_threads.ExecutorBackend``). A new kind of worker needs only a class with these members.
+    """
+
+    #: ``"process"``, ``"thread"`` or ``"interpreter"``.
+    kind: str
+    #: How many workers it runs.
+    workers: int
+
+    @property
+    def closed(self) -> bool:
+        """Whether it accepts no more work."""
+        ...
+
+    def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, *, name: str,
+               timeout: float | None, block: bool, origin: Callable[..., Any] | None = None) -> Future:
+        """Queue ``fn(*args, **kwargs)``; ``name`` is how messages call it; ``block`` waits for room."""
+        ...
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Accept no more work, finish (or cancel) what is queued, then stop the workers."""
+        ...
+
+    def terminate(self) -> None:
+        """Stop now: cancel what is queued, stop what runs where that is possible."""
+        ...
+
+    def counts(self) -> tuple[int, int]:
+        """(pending, running) tasks right now."""
+        ...
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of the workers and the task counts."""
+        ...
+
+
+class QueueLimit:
+    """Admission to a pool's queue, written once for every backend (``max_queue``, ``on_full``).
+
+    A backend that inherits it sets ``_max_queue`` and ``_room`` (a ``threading.Condition`` on
+    the lock that guards its queue, notified whenever the queue shrinks or the pool closes), and
+    says how many tasks wait (:meth:`_pending_count`) and whether the calling thread belongs to the
+    pool (:meth:`_in_pool_thread`).
+    """
+
+    _max_queue: int | None
+    _room: threading.Condition
+
+    @property
+    def closed(self) -> bool:
+        """Whether the pool accepts no more work."""
+        raise NotImplementedError
+
+    def _pending_count(self) -> int:
+        raise NotImplementedError
+
+    def _in_pool_thread(self) -> bool:
+        raise NotImplementedError
+
+    def _refusal(self) -> BaseException | None:
+        """Why no task may be admitted at all right now, or ``None``."""
+        if self.closed:
+            return PoolClosedError(
+                "this WorkerPool is shut down and takes no more work; create a new one, or "
+                "use `with WorkerPool() as pool:` to tie a pool's life to a block"
+            )
+        return None
+
+    def _admit(self, block: bool) -> None:
+        """Return once a task may join the queue, or raise why not. The caller holds the lock."""
+        while True:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
+            if self._max_queue is None or self._pending_count() < self._max_queue:
+                return
+            if self._in_pool_thread():
+                return  # a task or done-callback of this pool: waiting could stop what makes room
+            if not block:
+                raise QueueFullError(
+                    f"the pool's queue is full: {self._pending_count()} tasks wait for a worker "
+                    f"(max_queue={self._max_queue}). Collect some results before submitting more, "
+                    "raise max_queue, or create the pool with on_full='wait' to block until there is room."
+                )
+            self._room.wait()
+
+
+class _CancelsTasks(Protocol):
+    """What a :class:`TaskFuture` asks of the backend that runs its task."""
+
+    def forget_pending(self, task: Any) -> None: ...
+
+    def stop_running(self, task: Any) -> bool: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +391,7 @@ class TaskFuture(Future):
     the task has finished.
     """
 
-    def __init__(self, backend, task) -> None:
+    def __init__(self, backend: _CancelsTasks, task: Any) -> None:
         super().__init__()
         self._backend = backend
         self._task = task

@@ -17,6 +17,7 @@ import cloudpickle
 
 from ._base import (
     Percentiles,
+    PoolBackend,
     PoolClosedError,
     PoolStats,
     QueueFullError,
@@ -35,7 +36,7 @@ from ._base import (
 )
 from ._progress import make_progress
 from ._worker import run_chunk
-from ..cores import safe_start_method, usable_cores
+from ..cores import check_start_method, resolve_workers
 from ..errors import ConfigurationError
 
 __all__ = [
@@ -98,10 +99,12 @@ class WorkerPool(Executor):
             parallelism, crash isolation), ``"thread"`` (shared memory, one GIL: good for I/O and
             for code that releases the GIL) or ``"interpreter"`` (Python 3.14+).
         workers: ``"max"`` for :func:`labkit.usable_cores` (one worker per core you may use), ``-1``
-            for all of them but one, or a positive number.
-        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"`` (process kind; default:
-            ``"forkserver"`` where the platform has it, else ``"spawn"``; never ``"fork"``, which
-            is unsafe in a process that runs threads, as every notebook kernel does).
+            for all of them but one, or a positive number (see :func:`labkit.cores.resolve_workers`).
+        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"`` (process kind; default: the
+            environment variable ``LABKIT_START_METHOD`` if set, else ``"forkserver"`` where the
+            platform has it, else ``"spawn"``; never ``"fork"`` unless asked, which is unsafe in a
+            process that runs threads, as every notebook kernel does). See
+            :func:`labkit.cores.check_start_method`.
         max_queue: at most this many tasks may wait for a worker; ``None`` for no limit.
         on_full: what ``submit`` does when the queue is full: ``"wait"`` until there is room
             (backpressure), or ``"raise"`` :class:`QueueFullError`. ``map`` always waits.
@@ -131,7 +134,7 @@ class WorkerPool(Executor):
         initargs: Iterable[Any] = (),
     ) -> None:
         self._kind = _check_kind(kind)
-        self._workers = _resolve_workers(workers)
+        self._workers = resolve_workers(workers)
         if max_queue is not None and (not _is_int(max_queue) or max_queue < 1):
             raise ConfigurationError(f"max_queue must be a positive integer or None, got {max_queue!r}")
         if on_full not in ("wait", "raise"):
@@ -143,8 +146,9 @@ class WorkerPool(Executor):
         self._timeout = self._check_timeout(timeout, "timeout")
         self._finalizer: weakref.finalize | None = None
         self._finalizer_lock = threading.Lock()
+        self._backend: PoolBackend
         if self._kind == "process":
-            self._start_method = _check_start_method(start_method)
+            self._start_method = check_start_method(start_method)
             from ._process import ProcessBackend
 
             self._backend = ProcessBackend(
@@ -385,32 +389,6 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _resolve_workers(workers: int | str) -> int:
-    if workers == "max":
-        return usable_cores().usable
-    if _is_int(workers):
-        if workers == -1:
-            return max(1, usable_cores().usable - 1)
-        if workers >= 1:
-            return workers
-    raise ConfigurationError(
-        f"workers must be 'max' (one per usable core), -1 (all usable cores but one) or a "
-        f"positive integer; got {workers!r}"
-    )
-
-
-def _check_start_method(start_method: str | None) -> str:
-    available = multiprocessing.get_all_start_methods()
-    if start_method is None:
-        return safe_start_method()  # never fork a parent that runs threads (this pool's own do)
-    if start_method not in available:
-        raise ConfigurationError(
-            f"start_method {start_method!r} is not available here; this platform offers "
-            f"{', '.join(map(repr, available))}"
-        )
-    return start_method
-
-
 def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple) -> bytes | None:
     if initializer is None:
         return None
@@ -420,7 +398,7 @@ def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple)
         raise TaskSerializationError(f"cannot send the initializer to worker processes: {exc}") from exc
 
 
-def _shut_down_quietly(backend) -> None:
+def _shut_down_quietly(backend: PoolBackend) -> None:
     """The finalizer of a pool collected without shutdown: finish its work, then stop workers."""
     backend.shutdown(wait=False)
 
@@ -434,7 +412,7 @@ _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
 
 
-def _track(backend) -> None:
+def _track(backend: PoolBackend) -> None:
     global _exit_hook_registered
     with _exit_hook_lock:
         _live_backends.add(backend)

@@ -30,12 +30,12 @@ import cloudpickle
 
 from . import _worker as worker
 from ._base import (
-    TRANSITIONS,
+    LIFECYCLE,
     Percentiles,
-    PoolClosedError,
     PoolStats,
-    QueueFullError,
+    QueueLimit,
     RemoteTraceback,
+    SlotTally,
     TaskExitError,
     TaskFuture,
     TaskSerializationError,
@@ -44,7 +44,6 @@ from ._base import (
     WorkerCrashedError,
     WorkerStartError,
     WorkerState,
-    WorkerStats,
     describe_exit,
     settle,
 )
@@ -76,28 +75,24 @@ class _Task:
         self.forgotten = False  # counted as cancelled while pending
 
 
-class _Slot:
+class _Slot(SlotTally):
     """A place for one worker process; a replacement takes the same slot and keeps its counts."""
 
     def __init__(self, index: int) -> None:
-        self.index = index
+        super().__init__(index)
         self.state = WorkerState.NEW
         self.process = None
         self.conn: Connection | None = None
         self.conn_open = False
         self.pid: int | None = None
         self.task: _Task | None = None
-        self.tasks = 0
-        self.busy_seconds = 0.0
-        self.restarts = 0
 
     def move(self, new: WorkerState) -> None:
-        if new not in TRANSITIONS[self.state]:
-            raise AssertionError(f"worker slot {self.index}: {self.state} -> {new} is not a legal move")
-        self.state = new
+        """Move to ``new``; an illegal move raises :class:`labkit._exits.IllegalMoveError`."""
+        self.state = LIFECYCLE.move(self.state, new, f"worker slot {self.index}")
 
 
-class ProcessBackend:
+class ProcessBackend(QueueLimit):
     """Worker processes fed one task at a time by a dispatcher thread (see :mod:`labkit.pool`)."""
 
     kind = "process"
@@ -227,11 +222,7 @@ class ProcessBackend:
 
     def stats(self) -> PoolStats:
         with self._lock:
-            workers = tuple(
-                WorkerStats(slot=s.index, pid=s.pid, state=s.state, tasks=s.tasks,
-                            busy_seconds=s.busy_seconds, restarts=s.restarts)
-                for s in self._slots
-            )
+            workers = tuple(s.record(s.pid, s.state) for s in self._slots)
             waits, runs = list(self._waits), list(self._runs)
             pending = self._pending_count()
             running = self._running_count()
@@ -249,26 +240,15 @@ class ProcessBackend:
     def _running_count(self) -> int:
         return sum(s.task is not None and s.task.stop_reason is None for s in self._slots)
 
-    def _admit(self, block: bool) -> None:
-        while True:
-            if self._broken is not None:
-                raise WorkerStartError(str(self._broken)) from self._broken.__cause__
-            if self._closing:
-                raise PoolClosedError(
-                    "this WorkerPool is shut down and takes no more work; create a new one, or "
-                    "use `with WorkerPool() as pool:` to tie a pool's life to a block"
-                )
-            if self._max_queue is None or self._pending_count() < self._max_queue:
-                return
-            if threading.current_thread() is self._dispatcher:
-                return  # a done-callback submitting: waiting here would stop what makes room
-            if not block:
-                raise QueueFullError(
-                    f"the pool's queue is full: {self._pending_count()} tasks wait for a worker "
-                    f"(max_queue={self._max_queue}). Collect some results before submitting more, "
-                    "raise max_queue, or create the pool with on_full='wait' to block until there is room."
-                )
-            self._room.wait()
+    def _refusal(self) -> BaseException | None:
+        if self._broken is not None:  # checked first: a broken pool is closed too, and says why
+            error = WorkerStartError(str(self._broken))
+            error.__cause__ = self._broken.__cause__
+            return error
+        return super()._refusal()
+
+    def _in_pool_thread(self) -> bool:
+        return threading.current_thread() is self._dispatcher
 
     def _next_task(self) -> _Task | None:
         """Pop the next task that still wants to run; drop cancelled ones on the way."""
@@ -467,8 +447,7 @@ class ProcessBackend:
             slot.task = None
             slot.move(WorkerState.IDLE)
             run = now - task.started
-            slot.tasks += 1
-            slot.busy_seconds += run
+            slot.count_task(run)
             self._waits.append(task.started - task.submitted)
             self._runs.append(run)
             if message[0] == worker.RESULT:
@@ -570,7 +549,7 @@ class ProcessBackend:
         slots = [slot for slot in self._slots if slot.process is not None]
         with self._lock:
             for slot in slots:
-                if WorkerState.STOPPING in TRANSITIONS[slot.state]:
+                if LIFECYCLE.allows(slot.state, WorkerState.STOPPING):
                     slot.move(WorkerState.STOPPING)
         for slot in slots:
             if slot.conn_open:

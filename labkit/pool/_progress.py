@@ -1,98 +1,69 @@
-"""Progress bars for ``WorkerPool.map(..., progress=True)``.
+"""Progress bars for ``WorkerPool.map(..., progress=True)`` and ``sweep(..., progress=True)``, drawn by tqdm.
 
-In a Jupyter kernel the bar is an ipywidgets ``IntProgress``; anywhere else a one-line text bar
-redrawn on stderr. Both are advanced from whichever thread completes a task, so they lock.
+``tqdm.auto`` picks the drawing for where the code runs: a widget in a Jupyter kernel (JupyterLab,
+VS Code, Colab), a text line redrawn on stderr anywhere else. tqdm is imported on first use, not
+when labkit is, so that it decides inside the kernel that will show the bar.
+
+The text line keeps the look the course used before tqdm, ``map [##########..........] 12/40``,
+so a terminal, a log and a test read the same; the widget is tqdm's own.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
-from typing import TextIO
+from typing import Any
 
 # The text bar redraws at most this often: smooth to the eye, and a map of a million tiny tasks
-# does not spend its time writing to the terminal.
+# does not spend its time writing to the terminal (tqdm's own default, stated here on purpose).
 TEXT_REDRAW_SECONDS = 0.1
 TEXT_WIDTH = 30
+TEXT_FORMAT = "{desc} [{bar:%d}] {n_fmt}/{total_fmt}{postfix}" % TEXT_WIDTH
 
 
-def in_jupyter_kernel() -> bool:
-    """Whether this code runs inside a Jupyter kernel (IPython with a kernel attached)."""
-    ipython = sys.modules.get("IPython")  # never import IPython just to ask
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except Exception:  # noqa: BLE001 - a half-initialised IPython is simply "not a kernel"
-        return False
-    return shell is not None and getattr(shell, "kernel", None) is not None
+class Progress:
+    """A tqdm bar advanced from whichever thread completes a task; closed once, as done or stopped."""
 
+    def __init__(self, total: int, description: str = "map") -> None:
+        from tqdm.auto import tqdm
 
-def make_progress(total: int, description: str = "map"):
-    """A widget bar in a kernel (if ipywidgets imports), else a text bar on stderr."""
-    if in_jupyter_kernel():
-        try:
-            return WidgetProgress(total, description)
-        except ImportError:
-            pass
-    return TextProgress(total, description, sys.stderr)
-
-
-class TextProgress:
-    """``map [##########··········] 12/40`` on one line, redrawn in place."""
-
-    def __init__(self, total: int, description: str, stream: TextIO) -> None:
-        self.total, self.description, self.stream = total, description, stream
-        self.done = 0
+        self.widget = _is_widget(tqdm)
+        options: dict[str, Any] = {"total": total, "desc": description, "mininterval": TEXT_REDRAW_SECONDS}
+        if not self.widget:
+            options.update(bar_format=TEXT_FORMAT, ascii=".#")
+        self.bar = tqdm(**options)
         self._lock = threading.Lock()
-        self._last_draw = 0.0
         self._closed = False
-        self._draw()
+
+    @property
+    def done(self) -> int:
+        """How many items have been counted so far."""
+        return self.bar.n
 
     def advance(self, n: int = 1) -> None:
+        """Count ``n`` more items as done."""
         with self._lock:
-            self.done += n
-            now = time.monotonic()
-            if self.done >= self.total or now - self._last_draw >= TEXT_REDRAW_SECONDS:
-                self._draw()
+            if not self._closed:
+                self.bar.update(n)
 
     def close(self, ok: bool = True) -> None:
+        """Finish the bar: as complete (green widget), or ``ok=False`` as stopped (red, "stopped")."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._draw(suffix="" if ok else " stopped")
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _draw(self, suffix: str = "") -> None:
-        self._last_draw = time.monotonic()
-        filled = TEXT_WIDTH * self.done // self.total if self.total else TEXT_WIDTH
-        bar = "#" * filled + "." * (TEXT_WIDTH - filled)
-        self.stream.write(f"\r{self.description} [{bar}] {self.done}/{self.total}{suffix}")
-        self.stream.flush()
+            if not ok:
+                self.bar.set_postfix_str("stopped", refresh=False)
+            self.bar.close()
+            if not ok and self.widget:
+                # tqdm colours a closed widget green when every item was counted, even if one failed.
+                self.bar.disp(bar_style="danger", check_delay=False)
 
 
-class WidgetProgress:
-    """An ``ipywidgets.IntProgress``, displayed when created; green when done, red if stopped."""
+def make_progress(total: int, description: str = "map") -> Progress:
+    """A progress bar for ``total`` items: a widget in a Jupyter kernel, else a text line on stderr."""
+    return Progress(total, description)
 
-    def __init__(self, total: int, description: str) -> None:
-        import ipywidgets
-        from IPython.display import display
 
-        self._lock = threading.Lock()
-        self.widget = ipywidgets.IntProgress(value=0, min=0, max=max(total, 1), description=description)
-        self._closed = False
-        display(self.widget)
-
-    def advance(self, n: int = 1) -> None:
-        with self._lock:
-            self.widget.value = min(self.widget.max, self.widget.value + n)
-
-    def close(self, ok: bool = True) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self.widget.bar_style = "success" if ok else "danger"
+def _is_widget(tqdm_class: type) -> bool:
+    """Whether ``tqdm.auto`` chose the notebook widget (it decides once, when first imported)."""
+    return any(cls.__module__ == "tqdm.notebook" for cls in tqdm_class.__mro__)

@@ -20,25 +20,23 @@ from typing import Any
 
 from ._base import (
     Percentiles,
-    PoolClosedError,
     PoolStats,
-    QueueFullError,
+    QueueLimit,
+    SlotTally,
     Tuning,
     WorkerState,
-    WorkerStats,
 )
 
 
-class _ThreadSlot:
+class _ThreadSlot(SlotTally):
+    """One thread of the executor, found when it first runs a task; threads are never replaced."""
+
     def __init__(self, index: int, name: str) -> None:
-        self.index = index
-        self.name = name
+        super().__init__(index, name)
         self.busy = False
-        self.tasks = 0
-        self.busy_seconds = 0.0
 
 
-class ExecutorBackend:
+class ExecutorBackend(QueueLimit):
     """Threads (``ThreadPoolExecutor``) or interpreters (``InterpreterPoolExecutor``)."""
 
     def __init__(self, *, kind: str, workers: int, max_queue: int | None, on_full: str,
@@ -88,29 +86,13 @@ class ExecutorBackend:
         future.add_done_callback(self._on_done)
         return future
 
-    def _pending(self) -> int:
+    def _pending_count(self) -> int:
         if self._timed:
             return self._queued
         return max(0, self._outstanding - self.workers)  # interpreters: an estimate
 
-    def _admit(self, block: bool) -> None:
-        while True:
-            if self._closed:
-                raise PoolClosedError(
-                    "this WorkerPool is shut down and takes no more work; create a new one, or "
-                    "use `with WorkerPool() as pool:` to tie a pool's life to a block"
-                )
-            if self._max_queue is None or self._pending() < self._max_queue:
-                return
-            if threading.current_thread().name.startswith(self._prefix):
-                return  # a task or callback of this pool: waiting could block the pool for good
-            if not block:
-                raise QueueFullError(
-                    f"the pool's queue is full: {self._pending()} tasks wait for a worker "
-                    f"(max_queue={self._max_queue}). Collect some results before submitting more, "
-                    "raise max_queue, or create the pool with on_full='wait' to block until there is room."
-                )
-            self._room.wait()
+    def _in_pool_thread(self) -> bool:
+        return threading.current_thread().name.startswith(self._prefix)
 
     def _run(self, fn: Callable[..., Any], args: tuple, kwargs: dict, submitted: float) -> Any:
         started = time.monotonic()
@@ -130,8 +112,7 @@ class ExecutorBackend:
             with self._lock:
                 self._running -= 1
                 slot.busy = False
-                slot.tasks += 1
-                slot.busy_seconds += ended - started
+                slot.count_task(ended - started)
                 self._waits.append(started - submitted)
                 self._runs.append(ended - started)
 
@@ -166,19 +147,16 @@ class ExecutorBackend:
         with self._lock:
             if self._timed:
                 return self._queued, self._running
-            return self._pending(), min(self._outstanding, self.workers)
+            return self._pending_count(), min(self._outstanding, self.workers)
 
     def stats(self) -> PoolStats:
         with self._lock:
             pid = os.getpid()
-            workers = tuple(
-                WorkerStats(slot=s.index, pid=pid, state=WorkerState.BUSY if s.busy else WorkerState.IDLE,
-                            tasks=s.tasks, busy_seconds=s.busy_seconds, restarts=0, name=s.name)
-                for s in sorted(self._slots.values(), key=lambda s: s.index)
-            )
+            workers = tuple(s.record(pid, WorkerState.BUSY if s.busy else WorkerState.IDLE)
+                            for s in sorted(self._slots.values(), key=lambda s: s.index))
             waits, runs = list(self._waits), list(self._runs)
             pending, running = (self._queued, self._running) if self._timed else (
-                self._pending(), min(self._outstanding, self.workers))
+                self._pending_count(), min(self._outstanding, self.workers))
             counts = (self._submitted, self._succeeded, self._raised, 0, 0, self._cancelled)
         return PoolStats(self.kind, workers, pending, running, *counts,
                          wait=Percentiles.of(waits), run=Percentiles.of(runs))
