@@ -216,7 +216,7 @@ class _Grader:
         started = time.monotonic()
         try:
             result = await self._grade(submission)
-        except Exception as exc:  # a grader failure: recorded on this submission's line, the batch goes on
+        except Exception as exc:  # noqa: BLE001 - a grader failure: recorded on this submission's line, the batch goes on
             guess = _guess_exercise(submission, self.exercises)
             result = SubmissionResult(
                 submission, guess.id if guess else None, SubmissionStatus.ERROR,
