@@ -89,11 +89,11 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from . import plots, widgets
     from .apps import AppServer
+    from .cluster import Cluster
     from .demo import demo_app
     from .grading.checks import check
-    from .measure import LatencyTrace, trace_latency
-    from .cluster import Cluster
     from .load import LoadReport, run_load
+    from .measure import LatencyTrace, trace_latency
     from .pool import WorkerPool
     from .shm import SharedArray
 

@@ -220,7 +220,11 @@ def serve_child(spec: str, host: str, port: int, options: dict) -> int:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        _lifeline.watch_stdin(lambda: loop.call_soon_threadsafe(stop.set))
+
+        def stop_soon() -> None:  # runs in the watcher's thread
+            loop.call_soon_threadsafe(stop.set)
+
+        _lifeline.watch_stdin(stop_soon)
         if hasattr(signal, "SIGTERM") and sys.platform != "win32":
             loop.add_signal_handler(signal.SIGTERM, stop.set)
         server = tornado.httpserver.HTTPServer(app)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 import platform
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import ScalarFormatter
 
 from .cores import usable_cores
@@ -22,6 +23,8 @@ from .measure import CpuTimeline, LatencyTrace, Span, SweepResult
 from .probe import LoopProbe
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+
     from .load import LoadReport
 
 __all__ = [
@@ -54,9 +57,16 @@ def machine_label() -> str:
     return f"{platform.system()}, {cores.usable} usable core{'s' if cores.usable != 1 else ''}"
 
 
-def _figure(width: float = 8, height: float = 3.2) -> tuple[LabFigure, object]:
+def _figure(width: float = 8, height: float = 3.2) -> tuple[LabFigure, Axes]:
     fig = LabFigure(figsize=(width, height), layout="constrained")
     return fig, fig.add_subplot()
+
+
+def _leave_room_for_footer(fig: Figure, height: float = 0.04) -> None:
+    """Keep the bottom ``height`` of a constrained-layout figure free for :func:`_footer`'s line."""
+    engine = fig.get_layout_engine()
+    assert isinstance(engine, ConstrainedLayoutEngine), "plots are made with layout='constrained'"
+    engine.set(rect=(0, height, 1, 1 - height))
 
 
 def _footer(fig: Figure, extra: str = "") -> None:
@@ -107,7 +117,7 @@ def plot_lag_histogram(
         values = [lag for _, lag in run.timeline()] if isinstance(run, LoopProbe) else list(run)
         samples[name] = np.maximum(np.asarray(values, dtype=float), 0.01)
     top = max((s.max() for s in samples.values() if s.size), default=1.0)
-    bins = np.logspace(-2, np.log10(max(top, 1.0)) + 0.1, 40)
+    bins = np.logspace(-2, np.log10(max(top, 1.0)) + 0.1, 40).tolist()
     for name, values in samples.items():
         ax.hist(values, bins=bins, alpha=0.55, label=f"{name} (max {values.max():.0f} ms)" if values.size else name)
     ax.set_xscale("log")
@@ -148,7 +158,8 @@ def plot_spans(runs: dict[str, list[Span]], *, title: str = "When did each task 
     Waits on one event loop show as bars stacked on top of each other (they overlap); CPU work on
     one loop shows as a staircase (each task waits for the one before).
     """
-    fig = LabFigure(figsize=(8, 1.0 + 0.35 * sum(len(s) for s in runs.values()) + 0.6 * len(runs)), layout="constrained")
+    height = 1.0 + 0.35 * sum(len(s) for s in runs.values()) + 0.6 * len(runs)
+    fig = LabFigure(figsize=(8, height), layout="constrained")
     axes = fig.subplots(len(runs), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, spans) in zip(axes, runs.items()):
         for row, span in enumerate(spans):
@@ -164,7 +175,7 @@ def plot_spans(runs: dict[str, list[Span]], *, title: str = "When did each task 
 
 
 def _answers_by_pid(run: LoadReport | Mapping[int, int]) -> dict[int, int]:
-    per_pid = getattr(run, "per_pid", run)
+    per_pid = cast("Mapping[int, int]", getattr(run, "per_pid", run))  # a report's split, or the split itself
     return {int(pid): int(count) for pid, count in dict(per_pid).items()}
 
 
@@ -185,7 +196,7 @@ def plot_worker_split(
     bars. A dashed line marks the fair share, 1/N of the answers for N workers.
     """
     fig = LabFigure(figsize=(max(8, 2.7 * len(runs)), 3.6), layout="constrained")
-    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footers
+    _leave_room_for_footer(fig)
     axes = fig.subplots(1, len(runs), sharey=True, squeeze=False)[0]
     for index, (ax, (name, run)) in enumerate(zip(axes, runs.items())):
         answers = _answers_by_pid(run)
@@ -228,10 +239,10 @@ def plot_throughput(
     footer (say, the parallelism the machine delivered during the run).
     """
     fig = LabFigure(figsize=(max(8, 3.6 * len(groups)), 3.6), layout="constrained")
-    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footer
+    _leave_room_for_footer(fig)
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, (name, configs) in zip(axes, groups.items()):
-        rates = [float(getattr(value, "throughput", value)) for value in configs.values()]
+        rates = [float(cast(float, getattr(value, "throughput", value))) for value in configs.values()]
         bars = ax.bar(range(len(rates)), rates, color=[f"C{i}" for i in range(len(rates))], width=0.6)
         base = rates[0] if rates else 0.0
         texts = [f"{rate:,.0f}/s" + (f"\nx{rate / base:.2f}" if i and base > 0 else "")
@@ -270,7 +281,7 @@ def plot_pool_comparison(
     reach at that moment.
     """
     fig, ax = _figure(8, 3.8)
-    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footer
+    _leave_room_for_footer(fig)
     workloads = list(speedups)
     kinds = list(dict.fromkeys(kind for row in speedups.values() for kind in row))
     width = 0.8 / max(len(kinds), 1)
@@ -311,7 +322,7 @@ def plot_handoff(
     own size, ``array_bytes``: a worker holding a copy sits on or above it.
     """
     fig = LabFigure(figsize=(9, 3.6), layout="constrained")
-    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footer
+    _leave_room_for_footer(fig)
     left, right = fig.subplots(1, 2)
     names = list(seconds)
     colors = [KIND_COLORS.get(name, f"C{i}") for i, name in enumerate(names)]
@@ -357,7 +368,7 @@ def plot_lost_updates(
     is slow, so it gets fewer); each bar is labelled with how many were lost of how many.
     """
     fig, ax = _figure(8, 3.4)
-    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))  # room for the footer
+    _leave_room_for_footer(fig)
     names = list(counts)
     kept = [100 * counts[name][0] / counts[name][1] if counts[name][1] else 100.0 for name in names]
     lost = [counts[name][1] - counts[name][0] for name in names]
@@ -392,7 +403,7 @@ def plot_answers_timeline(
     draws a labelled vertical line at each named moment (``{"kill -9 worker 1": 1.5}``).
     """
     fig, ax = _figure(8, 3.4)
-    fig.get_layout_engine().set(rect=(0, 0.03, 1, 0.97))  # room for the footer
+    _leave_room_for_footer(fig, 0.03)
     order: list[int] = []
     for _, pid in samples:
         if pid is not None and pid not in order:
@@ -436,7 +447,8 @@ def plot_scaling(*results: SweepResult, title: str = "Throughput against worker 
     for result in results:
         base = result.points[0].throughput
         workers = [p.workers for p in result.points]
-        ax.plot(workers, [p.throughput / base for p in result.points], "o-", label=f"{result.label} ({result.kind} pool)")
+        ax.plot(workers, [p.throughput / base for p in result.points], "o-",
+                label=f"{result.label} ({result.kind} pool)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({p.workers for r in results for p in r.points}))
     ax.get_xaxis().set_major_formatter(_plain())

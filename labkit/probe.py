@@ -189,6 +189,14 @@ class LoopProbe:
             own scheduling still uses the loop's clock.
     """
 
+    # Set by _reset_counters() (at construction, start and reset) and by stop().
+    _hist: LagHistogram
+    _started_at: float
+    _stopped_at: float | None
+    _stopped_idle: float | None
+    _idle_at_reset: float
+    _due: float
+
     def __init__(self, interval: float = DEFAULT_INTERVAL, *, clock: Callable[[], float] = time.perf_counter):
         if not (isinstance(interval, (int, float)) and 0.0005 <= interval <= 10):
             raise ConfigurationError(f"interval must be between 0.0005 and 10 seconds, got {interval!r}")
@@ -288,12 +296,13 @@ class LoopProbe:
         self._hist = LagHistogram()
         self._timeline.clear()
         self._started_at = self._clock()
-        self._stopped_at: float | None = None
-        self._stopped_idle: float | None = None
+        self._stopped_at = None
+        self._stopped_idle = None
         self._idle_at_reset = self._meter.idle if self._meter is not None else 0.0
         self._due = self._started_at + self.interval
 
     def _schedule(self) -> None:
+        assert self._loop is not None, "a probe ticks only between start() and stop()"
         self._handle = self._loop.call_later(self.interval, self._tick)
 
     def _tick(self) -> None:

@@ -134,7 +134,7 @@ class SharedArray:
         self._closed = False
         self._unlinked = False
         self._finalizer = None
-        if owner and unlink_on_close:
+        if self._owner_pid is not None and unlink_on_close:  # that is, owner
             # An owner dropped without close() (a notebook cell re-run, an exception) still frees
             # the segment when collected, and at interpreter exit at the latest.
             self._finalizer = weakref.finalize(self, _release, segment, handle.name, self._owner_pid)
@@ -173,7 +173,7 @@ class SharedArray:
         source = np.asarray(arr)
         shared = cls.create(source.shape, source.dtype, unlink_on_close=unlink_on_close)
         try:
-            shared._array[...] = source
+            shared.array[...] = source
         except BaseException:
             shared.close()
             raise
@@ -211,7 +211,7 @@ class SharedArray:
     @property
     def array(self) -> np.ndarray:
         """The numpy view of the shared memory. Writes are visible to every attached process."""
-        if self._closing:
+        if self._closing or self._array is None:  # close() sets both
             raise SharedArrayClosedError(f"SharedArray {self.name!r} is closed; attach again to use it")
         return self._array
 

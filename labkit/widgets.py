@@ -15,7 +15,7 @@ import asyncio
 import html
 from typing import TYPE_CHECKING
 
-import ipywidgets as W
+import ipywidgets
 import psutil
 
 from .errors import ConfigurationError, NoRunningLoopError
@@ -34,7 +34,7 @@ DEFAULT_REFRESH = 0.25
 class _LiveView:
     """Shared lifecycle of the meters: a refresh task on the running loop, auto-stop, display."""
 
-    widget: W.Widget
+    widget: ipywidgets.Widget
 
     def __init__(self, refresh: float, duration: float | None) -> None:
         if refresh <= 0:
@@ -126,12 +126,12 @@ class LagMeter(_LiveView):
         self._owns_probe = probe is None
         self.window = window
         self.scale_ms = scale_ms
-        self._bar = W.FloatProgress(value=0, min=0, max=scale_ms, description="lag now",
-                                    layout=W.Layout(width="60%"))
-        self._busy = W.FloatProgress(value=0, min=0, max=1, description="loop busy",
-                                     layout=W.Layout(width="60%"))
-        self._text = W.HTML()
-        self.widget = W.VBox([W.HTML("<b>Event-loop lag</b>"), self._bar, self._busy, self._text])
+        self._bar = ipywidgets.FloatProgress(value=0, min=0, max=scale_ms, description="lag now",
+                                    layout=ipywidgets.Layout(width="60%"))
+        self._busy = ipywidgets.FloatProgress(value=0, min=0, max=1, description="loop busy",
+                                     layout=ipywidgets.Layout(width="60%"))
+        self._text = ipywidgets.HTML()
+        self.widget = ipywidgets.VBox([ipywidgets.HTML("<b>Event-loop lag</b>"), self._bar, self._busy, self._text])
 
     def _begin(self) -> None:
         if self._owns_probe and not self.probe.running:
@@ -166,11 +166,12 @@ class CoreMeter(_LiveView):
         super().__init__(refresh, duration)
         count = psutil.cpu_count() or 1
         self._bars = [
-            W.FloatProgress(value=0, min=0, max=100, description=f"cpu {i}", layout=W.Layout(width="60%"))
+            ipywidgets.FloatProgress(value=0, min=0, max=100, description=f"cpu {i}",
+                                     layout=ipywidgets.Layout(width="60%"))
             for i in range(count)
         ]
-        self._text = W.HTML()
-        self.widget = W.VBox([W.HTML("<b>CPU load per core</b>"), *self._bars, self._text])
+        self._text = ipywidgets.HTML()
+        self.widget = ipywidgets.VBox([ipywidgets.HTML("<b>CPU load per core</b>"), *self._bars, self._text])
         self.peak: list[float] = [0.0] * count
 
     def _begin(self) -> None:
@@ -216,10 +217,10 @@ class ClusterMonitor(_LiveView):
         self.last: ClusterStats | None = None
         self.peak_cpu: dict[int, float] = {}
         self.pids: set[int] = set()
-        self._title = W.HTML("<b>Cluster workers</b>")
-        self._table = W.HTML()
-        self._log = W.HTML()
-        self.widget = W.VBox([self._title, self._table, self._log])
+        self._title = ipywidgets.HTML("<b>Cluster workers</b>")
+        self._table = ipywidgets.HTML()
+        self._log = ipywidgets.HTML()
+        self.widget = ipywidgets.VBox([self._title, self._table, self._log])
 
     def update(self) -> None:
         """Read the cluster's stats and events and redraw; stop once the cluster has stopped."""

@@ -182,3 +182,44 @@ def sys_root(tmp_path):
     """An empty fake filesystem root for code that reads /proc and /sys."""
     return tmp_path
 
+
+
+# --------------------------------------------------------------------------------------------
+# Markers for the Python matrix (noxfile.py): `unit` tests run on every supported Python, `slow`
+# ones on one Python only. Chosen here by file name, so a test file never has to remember to mark
+# itself; a new file under tests/ is a unit test unless its name matches one of the patterns below.
+# Notebook cells (nbval, from notebooks/ and solutions/) are also marked `notebook`.
+
+# Relative to tests/. What they have in common: each test starts kernels, graders, browsers or
+# external programs, so one run costs minutes, and what it checks does not change between Pythons.
+SLOW_TEST_FILES = (
+    "e2e/*",                     # JupyterLab in Chromium
+    "test_exercise*.py",         # student notebooks in fresh kernels
+    "test_grade.py",             # `labkit grade` over a corpus of submissions
+    "test_external_clients.py",  # wrk and hey, from Debian's packages
+    "*contract*",                # the contract suite
+)
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def _is_slow_test_file(path: Path) -> bool:
+    from fnmatch import fnmatch  # here, not at the top: this block is appended to a shared file
+
+    try:
+        relative = path.resolve().relative_to(TESTS_DIR).as_posix()
+    except ValueError:
+        return False
+    return any(fnmatch(relative, pattern) for pattern in SLOW_TEST_FILES)  # `*` also crosses `/`
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every collected item `unit`, or `slow` (and `notebook` for nbval's cells)."""
+    for item in items:
+        path = Path(str(item.path))
+        if path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.notebook)
+            item.add_marker(pytest.mark.slow)
+        elif _is_slow_test_file(path):
+            item.add_marker(pytest.mark.slow)
+        else:
+            item.add_marker(pytest.mark.unit)

@@ -23,9 +23,9 @@ import os
 import psutil
 import tornado.web
 
-from . import WorkerHandler
 from ..pool import WorkerPool
 from ..workloads import count_primes, hash_password
+from . import WorkerHandler
 
 __all__ = ["combined_app", "CombinedApp"]
 
@@ -44,6 +44,8 @@ def _memory_of(pid: int) -> int:
 
 
 class _Base(WorkerHandler):
+    application: CombinedApp  # tornado sets it; these handlers are only routed by CombinedApp
+
     async def offload(self, function, *args):
         """Run ``function(*args)`` on this process's worker pool; the loop only awaits."""
         pool = self.application.pool

@@ -51,7 +51,6 @@ from .grade import (
     load_solutions,
     write_gradebook,
 )
-from .runner import DEFAULT_CELL_TIMEOUT, PartOutcome, PartStatus, run_notebook
 from .notebook import (
     BEGIN_SOLUTION,
     CHECK_KEYS,
@@ -66,6 +65,7 @@ from .notebook import (
     parse_parts,
     read_notebook,
 )
+from .runner import DEFAULT_CELL_TIMEOUT, PartOutcome, PartStatus, run_notebook
 
 __all__ = [
     # checks: the self-check a check cell runs

@@ -233,8 +233,9 @@ class NotebookRun:
                 self._deadline += waited
             timeout = self._cell_timeout()
             if timeout is None:
-                reason = f"the notebook's time budget of {self.settings.budget:g} s ran out before this cell"
-                return CellRun(index, CellFate.NOT_RUN, reason=reason)
+                budget = self.settings.budget
+                return CellRun(index, CellFate.NOT_RUN,
+                               reason=f"the notebook's time budget of {budget:g} s ran out before this cell")
             started = time.monotonic()
             fate, detail = await kernel.run_cell(index, timeout)
             seconds = time.monotonic() - started

@@ -41,7 +41,7 @@ import json
 import os
 import sys
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["SEAL_MIME", "ARM_ENV", "seal_token", "verify_seals", "arm"]
@@ -168,14 +168,15 @@ def arm(parts: Iterable[str]) -> types.ModuleType:
     os.unlink(path)
     key = bytes.fromhex(armed["key"])
 
-    import labkit
     from IPython.display import display
+
+    import labkit
     from labkit.errors import LabkitError
 
     from . import checks
 
     lock_path = os.environ.pop(checks.CHECK_LOCK_ENV, None)
-    registered = {}
+    registered: dict[str, Callable[..., Awaitable[str]] | None] = {}
     for part in parts:
         try:
             registered[part] = checks._find(part)
@@ -217,8 +218,9 @@ def arm(parts: Iterable[str]) -> types.ModuleType:
         publish(part, True, "")
 
     private = types.ModuleType("labkit", labkit.__doc__)
-    private.__dict__.update(vars(labkit))
-    private.check = sealed
+    namespace = vars(private)
+    namespace.update(vars(labkit))
+    namespace["check"] = sealed
     # Names labkit loads on first use are fetched from the real module when asked for.
-    private.__getattr__ = lambda name: getattr(labkit, name)
+    namespace["__getattr__"] = lambda name: getattr(labkit, name)
     return private

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exits import ending
+
 __all__ = ["CellFate", "Kernel", "clean_text", "describe_exit"]
 
 #: Seconds a timed-out cell's kernel has, after the interrupt, to answer a probe before it is
@@ -103,7 +104,9 @@ def _classes() -> tuple[type, type]:
     class GradingKernelManager(AsyncKernelManager):
         """Interrupts the kernel process alone: its process pools keep their workers."""
 
-        async def interrupt_kernel(self) -> None:
+        # AsyncKernelManager's own interrupt_kernel is a coroutine function too; jupyter_client declares
+        # it on KernelManager as a plain function, which is what mypy compares against.
+        async def interrupt_kernel(self) -> None:  # type: ignore[override]
             process = getattr(self.provisioner, "process", None)
             if os.name == "posix" and process is not None and process.poll() is None:
                 os.kill(process.pid, signal.SIGINT)

@@ -45,7 +45,8 @@ class PartOutcome:
     passed: bool
     message: str
     hidden: bool = False
-    status: PartStatus | None = None
+    # Never None once made: __post_init__ fills it in from ``passed``. Typed as what readers get.
+    status: PartStatus = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.status is None:

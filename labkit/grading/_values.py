@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import operator
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from .checks import Fail
@@ -69,9 +70,12 @@ def _rebuild(value: object, what: str, depth: int, budget: list[int]) -> Any:
             raise Fail(f"{what} returned containers nested more than {MAX_DEPTH} deep; the answer is flatter")
         if kind is dict:
             # dict.items of an exact dict calls nothing of the keys' or values' own.
+            exact: dict[Any, Any] = value  # type: ignore[assignment]  # kind is dict: exactly a dict
             return {_rebuild(k, what, depth + 1, budget): _rebuild(v, what, depth + 1, budget)
-                    for k, v in dict.items(value)}  # type: ignore[arg-type]
-        members = list.__iter__(value) if kind is list else tuple.__iter__(value)  # type: ignore[arg-type]
+                    for k, v in dict.items(exact)}
+        members: Iterator[Any] = (
+            list.__iter__(value) if kind is list else tuple.__iter__(value)  # type: ignore[arg-type]
+        )
         items = [_rebuild(item, what, depth + 1, budget) for item in members]
         return items if kind is list else tuple(items)
     raise Fail(f"{what} returned {_type_name(value)}, which the check does not compare: return {ACCEPTED}")
@@ -84,7 +88,8 @@ def _numpy_number(value: object, kind: type) -> int | float | bool | None:
     if issubclass(kind, numpy.bool_):
         return bool(value)
     if issubclass(kind, numpy.integer):
-        return operator.index(value)  # numpy's own types: their __index__ is numpy's C code
+        # numpy's own types: their __index__ is numpy's C code
+        return operator.index(value)  # type: ignore[arg-type]
     return float(value)  # type: ignore[arg-type]
 
 

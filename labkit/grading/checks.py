@@ -34,6 +34,7 @@ import contextlib
 import importlib
 import inspect
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 
@@ -143,7 +144,7 @@ async def check(part: str, *args, **kwargs) -> None:
                                           "Replace the `# YOUR CODE HERE` stub and run the cell again.")
     except Fail as exc:
         result = CheckResult(part, False, str(exc))
-    except Exception as exc:  # the student's code crashed: say where, in their terms
+    except Exception as exc:  # noqa: BLE001 - the student's code crashed: say where, in their terms
         result = CheckResult(part, False, f"your code raised {type(exc).__name__}: {exc}")
     _show(result)
     if not result.passed:
@@ -152,7 +153,7 @@ async def check(part: str, *args, **kwargs) -> None:
 
 def _try_lock(fd: int) -> bool:
     """Take the exclusive lock on ``fd`` if it is free; never wait."""
-    if os.name == "nt":
+    if sys.platform == "win32":  # os.name == "nt", in the form type checkers understand
         import msvcrt
 
         try:
@@ -170,7 +171,7 @@ def _try_lock(fd: int) -> bool:
 
 
 def _unlock(fd: int) -> None:
-    if os.name == "nt":
+    if sys.platform == "win32":  # os.name == "nt", in the form type checkers understand
         import msvcrt
 
         os.lseek(fd, 0, os.SEEK_SET)

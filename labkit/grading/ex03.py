@@ -29,9 +29,9 @@ from collections.abc import Callable
 
 from tornado.httpclient import AsyncHTTPClient
 
-from labkit.demo.faulty import CORRUPT_DOC, is_corrupt, render_document
 from labkit._exits import signal_name
 from labkit.cluster import Cluster, WorkerState
+from labkit.demo.faulty import CORRUPT_DOC, is_corrupt, render_document
 from labkit.errors import ConfigurationError, ServerStartError
 from labkit.measure import who_answers
 
@@ -123,8 +123,8 @@ async def _crash_once(cluster: Cluster, client: AsyncHTTPClient) -> dict:
         await asyncio.sleep(WATCH_BEFORE)
         try:
             await client.fetch(f"{cluster.url}/render?doc={CORRUPT_DOC}", request_timeout=BACK_WITHIN)
-        except Exception:
-            pass  # the worker died while rendering: no answer is the expected answer
+        except Exception:  # noqa: BLE001 - the worker died while rendering: no answer is the expected one
+            pass
         crash_at = time.monotonic() - origin
         deadline = time.monotonic() + BACK_WITHIN
         while time.monotonic() < deadline:
@@ -174,7 +174,8 @@ async def check_survive_crashes(service_settings) -> str:
                 if not seen["carried_on"]:
                     raise Fail(
                         f"crash {crash}: for the {seen['gap']:.2f} s until the replacement was ready, no other worker "
-                        f"answered ({seen['sent_in_gap']} requests were sent in that time): the whole service was down. "
+                        f"answered ({seen['sent_in_gap']} requests were sent in that time): "
+                        "the whole service was down. "
                         "One worker process is one point of failure; run at least two, even on a single core."
                     )
     finally:
@@ -192,7 +193,7 @@ async def _run_in_sandbox(function: Callable, *args) -> tuple[int, tuple | None]
 
     try:
         payload = cloudpickle.dumps((function, args))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
         raise Fail(f"render_batch cannot be sent to another process ({type(exc).__name__}: {exc}). Does it use "
                    "something made in the notebook, such as a pool? Create the pool inside render_batch, in a "
                    "`with` block.") from None
@@ -212,6 +213,7 @@ async def _run_in_sandbox(function: Callable, *args) -> tuple[int, tuple | None]
         if os.path.exists(result_path):
             with open(result_path, "rb") as stored:
                 outcome = pickle.load(stored)
+    assert process.returncode is not None, "communicate() returns once the process has exited"
     return process.returncode, outcome
 
 

@@ -182,7 +182,8 @@ async def check_hash_batch(hash_all, cost: int = 14) -> str:
         raise Fail(_slow_message("hash_all", run, "Give hash_pool one worker per usable core "
                                  "(workers='max'), and hand it the whole batch at once (pool.map), "
                                  "not one password after another."))
-    return "hash_all returns every hash in order, computed on threads, as fast as the cores this machine delivered allow."
+    return ("hash_all returns every hash in order, computed on threads, "
+            "as fast as the cores this machine delivered allow.")
 
 
 @register("ex04.count_batch")
@@ -211,7 +212,8 @@ async def check_count_batch(count_below, limit: int = 200_000) -> str:
         raise Fail(_slow_message("count_below", run, "Give primes_pool one worker per usable core "
                                  "(workers='max'), and cut the range into several pieces per worker: "
                                  "large numbers cost more to test, so equal ranges are unequal work."))
-    return "count_below returns the right count from worker processes, as fast as the cores this machine delivered allow."
+    return ("count_below returns the right count from worker processes, "
+            "as fast as the cores this machine delivered allow.")
 
 
 @register("ex04.edges")

@@ -137,7 +137,7 @@ async def check_pick_workers(pick_workers, table: dict[int, float] | None = None
         want = expected_pick(throughput)
         if want == chosen:
             continue
-        best = max(throughput, key=throughput.get)
+        best = max(throughput, key=lambda workers: throughput[workers])
         rows = ", ".join(f"{n}: {rate}" for n, rate in sorted(throughput.items()))
         if chosen not in throughput:
             raise Fail(f"for {name} ({rows} tasks/s) you returned {chosen!r}, which is not one of the measured "

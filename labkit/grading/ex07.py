@@ -338,7 +338,8 @@ def _judge_layout(settings: dict, workers: int, pool_workers: int, usable: int) 
             ("s" if pool_workers > 1 else "")
     if heavy < usable:
         raise Fail(f"cores idle: {shape} = {heavy} heavy worker{'s' if heavy > 1 else ''} for {usable} usable cores, "
-                   f"so {usable - heavy} core{'s' if usable - heavy > 1 else ''} never compute{'s' if usable - heavy == 1 else ''}. "
+                   f"so {usable - heavy} core{'s' if usable - heavy > 1 else ''} "
+                   f"never compute{'s' if usable - heavy == 1 else ''}. "
                    "Give the heavy work one worker per usable core in all (K x M = usable cores).")
     if heavy > usable:
         raise Fail(f"oversubscribed: {shape} = {heavy} heavy workers for {usable} usable cores. They take turns on "

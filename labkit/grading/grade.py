@@ -286,7 +286,7 @@ class _Grader:
         started = time.monotonic()
         try:
             result = await self._grade(submission)
-        except Exception as exc:  # a grader failure: recorded on this submission's line, the batch goes on
+        except Exception as exc:  # noqa: BLE001 - a grader failure: recorded on this submission's line, the batch goes on
             guess = _guess_exercise(submission, self.exercises)
             result = SubmissionResult(
                 submission, guess.id if guess else None, SubmissionStatus.ERROR,
@@ -311,7 +311,7 @@ class _Grader:
                         f"(known exercises: {known})")
         try:
             result = await self._run(submission, notebook, exercise)
-        except Exception as exc:  # a grader failure: recorded on this submission's line, the batch goes on
+        except Exception as exc:  # noqa: BLE001 - a grader failure: recorded on this submission's line, the batch goes on
             result = SubmissionResult(
                 submission, exercise.id, SubmissionStatus.ERROR, max_points=exercise.points,
                 message=f"the grader could not run this notebook ({type(exc).__name__}: {exc}); "
@@ -347,14 +347,17 @@ class _Grader:
             detail = (setup.error or setup.reason) if setup is not None else "it did not run"
             raise GradeError(f"the grader's setup cell failed in the kernel: {detail}; is labkit installed "
                              f"for the {exercise.kernel_name!r} kernel?")
-        labels = [cell.student_index + 1 if cell.kind == "student" else None for cell in plan]
+        # Only the student's cells have a student_index, and only the checks a part (see _plan).
+        labels = [cell.student_index + 1 if cell.student_index is not None else None for cell in plan]
         by_part: dict[str, PartOutcome] = {}
         previous = 1
         for index, cell in enumerate(plan):
             if cell.kind != "check":
                 continue
-            by_part[cell.part.id] = self._outcome(cell.part, runs[index], nb.cells[index], key,
-                                                  problems_before(nb, runs, previous, index, labels))
+            part = cell.part
+            assert part is not None, "every planned check names its part"
+            by_part[part.id] = self._outcome(part, runs[index], nb.cells[index], key,
+                                             problems_before(nb, runs, previous, index, labels))
             previous = index + 1
         return SubmissionResult(
             submission, exercise.id, SubmissionStatus.GRADED,

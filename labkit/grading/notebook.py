@@ -165,8 +165,7 @@ def _check_part(
     if cell.get("cell_type") != "code":
         raise AssignError(f"{where}: check {check_id!r} is not a code cell; a check must be code that runs")
     points = meta.get("points")
-    valid = isinstance(points, (int, float)) and not isinstance(points, bool)
-    if not valid or not math.isfinite(points) or points <= 0:
+    if isinstance(points, bool) or not isinstance(points, (int, float)) or not math.isfinite(points) or points <= 0:
         raise AssignError(
             f"{where}: check {check_id!r} has points {points!r}; "
             f'give it a positive number, e.g. "points": 2'
