@@ -45,7 +45,8 @@ def watch_parent(parent_pid: int | None = None, on_orphan: Callable[[], None] = 
     def watch() -> None:
         while not stop.wait(POLL_SECONDS):
             try:
-                alive = psutil.Process(pid).create_time() == born and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                parent = psutil.Process(pid)
+                alive = parent.create_time() == born and parent.status() != psutil.STATUS_ZOMBIE
             except psutil.Error:
                 alive = False
             if not alive:

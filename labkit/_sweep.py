@@ -23,12 +23,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
 from .cores import measure_parallelism, usable_cores
 from .errors import ConfigurationError
+
+#: The kinds of :class:`~labkit.pool.WorkerPool` a sweep can run on.
+PoolKind = Literal["process", "thread", "interpreter"]
 
 __all__ = ["SweepPoint", "SweepResult", "sweep", "speedup", "default_worker_counts", "Verdict", "judge_speedup"]
 
@@ -139,7 +142,7 @@ def _share_affinity(processes: list[psutil.Process]) -> None:
 
 
 def _account(processes: list[psutil.Process]) -> tuple[float, int, int]:
-    cpu = voluntary = involuntary = 0
+    cpu, voluntary, involuntary = 0.0, 0, 0
     for proc in processes:
         try:
             times, switches = proc.cpu_times(), proc.num_ctx_switches()
@@ -151,7 +154,7 @@ def _account(processes: list[psutil.Process]) -> tuple[float, int, int]:
     return cpu, voluntary, involuntary
 
 
-def _run_point(function, args, tasks: int, workers: int, kind: str, repeats: int) -> SweepPoint:
+def _run_point(function, args, tasks: int, workers: int, kind: PoolKind, repeats: int) -> SweepPoint:
     from .pool import WorkerPool
 
     runs = []
@@ -189,7 +192,7 @@ def sweep(
     *,
     tasks: int = 16,
     workers: Sequence[int] | None = None,
-    kind: str = "process",
+    kind: PoolKind = "process",
     repeats: int = DEFAULT_REPEATS,
     label: str | None = None,
     progress: bool = False,
@@ -198,8 +201,8 @@ def sweep(
 
     ``workers`` defaults to :func:`default_worker_counts`; ``kind`` is a
     :class:`~labkit.pool.WorkerPool` kind. Each point is repeated ``repeats`` times and the median
-    run kept. ``progress=True`` shows a tqdm bar (a widget in a notebook, text on stderr elsewhere). The machine's delivered
-    parallelism is measured first and stored with the result, to judge it by.
+    run kept. ``progress=True`` shows a tqdm bar (a widget in a notebook, text on stderr elsewhere).
+    The machine's delivered parallelism is measured first and stored with the result, to judge it by.
     """
     if tasks < 1 or repeats < 1:
         raise ConfigurationError("tasks and repeats must be at least 1")
@@ -220,7 +223,7 @@ def sweep(
     finally:
         if bar is not None:
             bar.close(ok=len(points) == len(counts))
-    name = label or getattr(function, "__name__", "task")
+    name = str(label or getattr(function, "__name__", "task"))
     return SweepResult(label=name, kind=kind, tasks=tasks, points=tuple(points), usable=cores, delivered=delivered)
 
 

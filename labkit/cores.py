@@ -374,14 +374,15 @@ def measure_parallelism(workers: int | None = None, seconds: float = DEFAULT_SPI
     ]
     try:
         for proc in procs:
+            assert proc.stdin is not None and proc.stdout is not None  # both asked for as pipes
             if proc.stdout.readline().strip() != "ready":
                 raise LabkitError("a spinner process failed to start: is this Python able to run subprocesses?")
         for proc in procs:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
+            proc.stdin.write("go\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
         shares = []
         for proc in procs:
-            cpu, wall = (float(x) for x in proc.stdout.readline().split())
+            cpu, wall = (float(x) for x in proc.stdout.readline().split())  # type: ignore[union-attr]
             shares.append(min(1.0, cpu / wall))
     finally:
         for proc in procs:
@@ -389,7 +390,8 @@ def measure_parallelism(workers: int | None = None, seconds: float = DEFAULT_SPI
                 proc.kill()
             proc.wait()
             for stream in (proc.stdin, proc.stdout):
-                stream.close()
+                if stream is not None:
+                    stream.close()
     # Spinners that start late overlap less; time.sleep-free busy loops on an idle core give
     # ~0.99, so the sum is a slight underestimate, which keeps verdicts on the safe side.
     return Parallelism(

@@ -253,9 +253,10 @@ async def watch_answers(url: str, seconds: float, interval: float = 0.02,
     """Ask ``url`` on a new connection every ``interval`` seconds; see who answers each time.
 
     Asks until ``seconds`` after ``origin`` (a ``time.monotonic()`` reading; default: when the
-    watch begins). Returns ``(sent, pid)`` pairs, ``sent`` in seconds since ``origin`` and ``pid`` as :func:`who_answers` gives it, ready for
-    :func:`labkit.plots.plot_answers_timeline`. Requests are sent on schedule whether or not
-    earlier ones were answered, so a gap in the service shows as a gap, not as a slower watcher.
+    watch begins). Returns ``(sent, pid)`` pairs, ``sent`` in seconds since ``origin`` and ``pid``
+    as :func:`who_answers` gives it, ready for :func:`labkit.plots.plot_answers_timeline`. Requests
+    are sent on schedule whether or not earlier ones were answered, so a gap in the service shows
+    as a gap, not as a slower watcher.
     """
     origin = time.monotonic() if origin is None else origin
     client = AsyncHTTPClient(force_instance=True, max_clients=1000)
@@ -283,7 +284,9 @@ async def watch_answers(url: str, seconds: float, interval: float = 0.02,
 DEFAULT_TRIES = 3
 
 
-async def best_of(trial: Callable[[], Awaitable[T]], accept: Callable[[T], bool], tries: int = DEFAULT_TRIES) -> tuple[T, bool]:
+async def best_of(
+    trial: Callable[[], Awaitable[T]], accept: Callable[[T], bool], tries: int = DEFAULT_TRIES
+) -> tuple[T, bool]:
     """Run ``trial`` until ``accept(result)`` or ``tries`` runs; return the last result and the verdict.
 
     A machine shared with other work can spoil one measurement (another program takes the core

@@ -90,7 +90,9 @@ class Evidence:
             return (f"{self.claim}: the machine delivered {self.delivered:.2f} of {self.usable} usable cores "
                     f"(needs {MIN_DELIVERED_SHARE:.0%}): record on an idle machine")
         if not self.in_band:
-            band = f"[{'-inf' if self.low is None else f'{self.low:g}'}, {'inf' if self.high is None else f'{self.high:g}'}]"
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            band = f"[{low}, {high}]"
             return f"{self.claim}: {self.what} was {self.value:.3g}, outside {band}"
         return None
 
