@@ -188,13 +188,23 @@ def test_submit_with_gives_one_task_its_own_timeout():
         assert unlimited.result(timeout=30) == "done"
 
 
-def test_cancelling_a_running_task_kills_its_worker_and_cancels_the_future():
+def test_cancel_on_a_running_task_returns_false_and_leaves_it_running():
+    with WorkerPool("process", workers=1, start_method=FAST) as pool:
+        running = pool.submit(tasks.sleep_then_return, 0.5, "finished")
+        started(running)
+        assert running.cancel() is False
+        assert not running.cancelled()
+        assert running.result(timeout=30) == "finished"
+        assert pool.stats().cancelled == 0
+
+
+def test_kill_task_on_a_running_task_kills_its_worker_and_cancels_the_future():
     with WorkerPool("process", workers=1, start_method=FAST) as pool:
         running = pool.submit(tasks.sleep_then_return, 60)
         assert isinstance(running, TaskFuture)
         started(running)
         pid = pool.stats().workers[0].pid
-        assert running.cancel() is True
+        assert pool.kill_task(running) is True
         assert running.cancelled()
         with pytest.raises(CancelledError):
             running.result(timeout=1)

@@ -26,6 +26,7 @@ from ._base import (
     TaskFuture,
     TaskSerializationError,
     TaskTimeoutError,
+    TaskUnpicklingError,
     Tuning,
     WorkerCrashedError,
     WorkerStartError,
@@ -52,6 +53,7 @@ __all__ = [
     "PoolClosedError",
     "WorkerStartError",
     "TaskSerializationError",
+    "TaskUnpicklingError",
     "TaskExitError",
     "RemoteTraceback",
     "describe_exit",
@@ -273,11 +275,37 @@ class WorkerPool(Executor):
                 _follow(bar, futures)
         except BaseException:
             for future, _ in futures:
-                future.cancel()
+                self._stop_for_map(future)
             if bar is not None:
                 bar.close(ok=False)
             raise
-        return _results(futures, deadline, chunksize > 1, bar, return_exceptions)
+        return _results(futures, deadline, chunksize > 1, bar, return_exceptions, self._stop_for_map)
+
+    def kill_task(self, future: Future) -> bool:
+        """Stop one task of this pool now, even a running one; ``True`` if it ends cancelled.
+
+        ``future.cancel()`` keeps the standard contract: it cancels a task that has not started
+        and returns ``False`` for a running one (so ``asyncio.wrap_future`` and friends stay
+        correct). This is the explicit way to stop a running task, in the spirit of Python 3.14's
+        ``ProcessPoolExecutor.kill_workers()`` but for one task: a pending task is cancelled; a
+        running task of the process kind has its worker killed (SIGKILL) and replaced, and its
+        future ends cancelled. Threads cannot be killed: for the thread kind a running task
+        keeps running and this returns ``False``. ``False`` as well once the task has finished.
+        """
+        if future.cancel():
+            return True
+        stop = getattr(self._backend, "stop_running", None)
+        if not isinstance(future, TaskFuture) or stop is None or future._backend is not self._backend:
+            return future.cancelled()
+        if stop(future._task):
+            future._mark_cancelled()
+            return True
+        return future.cancelled()
+
+    def _stop_for_map(self, future: Future) -> None:
+        # map's own tasks: an error, an interrupt or an abandoned iterator stops running ones too
+        # (a listed difference from concurrent.futures, whose map only cancels pending ones).
+        self.kill_task(future)
 
     def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, *, timeout: float | None,
                 block: bool, name: str | None = None, origin: Callable[..., Any] | None = None) -> Future:
@@ -295,7 +323,7 @@ class WorkerPool(Executor):
         with self._finalizer_lock:
             if self._finalizer is None:
                 self._finalizer = weakref.finalize(self, _shut_down_quietly, self._backend)
-                self._finalizer.atexit = False  # exit is _terminate_live_pools's job
+                self._finalizer.atexit = False  # exit is _finish_live_pools's job
                 _track(self._backend)
 
     def _check_timeout(self, timeout: float | None, name: str) -> float | None:
@@ -403,10 +431,10 @@ def _shut_down_quietly(backend: PoolBackend) -> None:
     backend.shutdown(wait=False)
 
 
-# Pools in use, so that interpreter exit can stop them. The exit hook is registered by the first
+# Pools in use, so that interpreter exit can finish them. The exit hook is registered by the first
 # pool that runs a task (never at import). atexit runs hooks last-registered first, so ours runs
 # before multiprocessing's own, which would otherwise terminate our workers while our dispatcher
-# is still reaping and replacing them.
+# is still running their tasks, reaping and replacing them.
 _live_backends: weakref.WeakSet = weakref.WeakSet()
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
@@ -417,33 +445,48 @@ def _track(backend: PoolBackend) -> None:
     with _exit_hook_lock:
         _live_backends.add(backend)
         if not _exit_hook_registered:
-            atexit.register(_terminate_live_pools)
+            atexit.register(_finish_live_pools)
             _exit_hook_registered = True
 
 
-def _terminate_live_pools() -> None:
-    """At interpreter exit: nobody can collect results any more, so stop every pool now."""
+def _finish_live_pools() -> None:
+    """At a normal interpreter exit: run what was submitted to its end, then stop the workers.
+
+    As the standard library's executors do: a script that submits work and falls off its end
+    still gets that work done (with or without ``shutdown(wait=False)`` before). A second Ctrl-C
+    while waiting stops everything at once. A kernel that dies without a normal exit never gets
+    here; its workers notice through labkit._lifeline and exit on their own.
+    """
     for backend in list(_live_backends):
-        if not backend.closed or backend.kind == "process":
+        try:
             try:
+                backend.shutdown(wait=True)
+            except KeyboardInterrupt:
                 backend.terminate()
-            except Exception as exc:  # noqa: BLE001 - one broken pool must not keep the others alive
-                print(f"labkit: could not stop a {backend.kind} pool at exit: {exc!r}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one broken pool must not keep the others alive
+            print(f"labkit: could not stop a {backend.kind} pool at exit: {exc!r}", file=sys.stderr)
 
 
 def _follow(bar, futures: list[tuple[Future, int]]) -> None:
-    """Advance ``bar`` as futures finish; close it when the last one has."""
+    """Advance ``bar`` as futures finish; close it when the last one has.
+
+    The callbacks hold only counters, never the futures themselves, so that a finished result
+    is freed as soon as the map's reader has taken it.
+    """
     left = [len(futures)]
+    failed = [False]
     lock = threading.Lock()
 
     def done(future: Future, size: int) -> None:
+        bad = future.cancelled() or future.exception() is not None
         if not future.cancelled():
             bar.advance(size)
         with lock:
             left[0] -= 1
+            failed[0] = failed[0] or bad
             last = left[0] == 0
         if last:
-            bar.close(ok=not any(f.cancelled() or f.exception() is not None for f, _ in futures))
+            bar.close(ok=not failed[0])
 
     if not futures:
         bar.close()
@@ -452,10 +495,14 @@ def _follow(bar, futures: list[tuple[Future, int]]) -> None:
 
 
 def _results(futures: list[tuple[Future, int]], deadline: float | None, chunked: bool, bar,
-             return_exceptions: bool) -> Iterator[Any]:
+             return_exceptions: bool, stop: Callable[[Future], Any]) -> Iterator[Any]:
+    # Futures are taken off the list as they are yielded (like the standard library's map), so
+    # each result can be freed once the reader is done with it, not when the whole map is.
+    futures.reverse()
     finished = False
     try:
-        for future, size in futures:
+        while futures:
+            future, size = futures[-1]  # popped once read: until then, still this map's to stop
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 value = future.result(wait)
@@ -463,13 +510,16 @@ def _results(futures: list[tuple[Future, int]], deadline: float | None, chunked:
                 if not return_exceptions or not future.done():  # not done: the map's own deadline
                     raise
                 value = [exc] * size if chunked else exc
+            futures.pop()
+            del future
             if chunked:
                 yield from value
             else:
                 yield value
+            del value
         finished = True
     finally:
         for future, _ in futures:
-            future.cancel()  # no-op for finished ones; stops the rest (interrupt, error, abandon)
+            stop(future)  # no-op for finished ones; stops the rest (interrupt, error, abandon)
         if bar is not None:
             bar.close(ok=finished)

@@ -40,6 +40,7 @@ from ._base import (
     TaskFuture,
     TaskSerializationError,
     TaskTimeoutError,
+    TaskUnpicklingError,
     Tuning,
     WorkerCrashedError,
     WorkerStartError,
@@ -130,12 +131,11 @@ class ProcessBackend(QueueLimit):
                timeout: float | None, block: bool, origin: Callable[..., Any] | None = None) -> Future:
         try:
             payload = cloudpickle.dumps((fn, args, kwargs))
-        except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
-            raise TaskSerializationError(
-                f"cannot send {name} to a worker process: {exc}. The function and its arguments "
-                "travel by pickle; locks, open files, sockets and generators cannot. Pass plain "
-                "data, and create such objects inside the task."
-            ) from exc
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - pickling raises many kinds
+            error = _task_pickling_error(name, exc)
+            if error is exc:
+                raise
+            raise error from exc
         task = _Task(payload, name, origin or fn, timeout)
         task.future = TaskFuture(self, task)
         with self._lock:
@@ -170,7 +170,8 @@ class ProcessBackend(QueueLimit):
                 return task.stop_reason == CANCELLED
             task.stop_reason = CANCELLED
             self._cancelled += 1
-            slot.move(WorkerState.STOPPING)
+            if LIFECYCLE.allows(slot.state, WorkerState.STOPPING):
+                slot.move(WorkerState.STOPPING)
             _kill(slot)
         return True
 
@@ -198,7 +199,8 @@ class ProcessBackend(QueueLimit):
                 if task is not None and task.stop_reason is None:
                     task.stop_reason = CANCELLED
                     self._cancelled += 1
-                    slot.move(WorkerState.STOPPING)
+                    if LIFECYCLE.allows(slot.state, WorkerState.STOPPING):
+                        slot.move(WorkerState.STOPPING)
                     _kill(slot)
                     running.append(task)
             dispatcher = self._dispatcher
@@ -326,23 +328,32 @@ class ProcessBackend(QueueLimit):
 
     def _serve(self) -> None:
         try:
-            while True:
-                with self._lock:
-                    if self._finished():
-                        break
-                    assigned = self._assign()
-                    waitables = self._waitables()
-                    timeout = self._seconds_to_next_deadline()
-                for slot, task in assigned:
-                    self._send(slot, task)
-                ready = wait_for_ready(waitables, timeout)
-                self._handle(ready)
-                self._expire_deadlines()
+            while self._turn():
+                pass
         except BaseException as exc:
             self._fail_everything(LabkitError(f"the pool's dispatcher stopped unexpectedly: {exc!r}"))
             raise
         finally:
             self._stop_workers()
+
+    def _turn(self) -> bool:
+        """One turn of the dispatcher: hand out tasks, sleep, handle what woke it. ``False``: done.
+
+        A method of its own so that its locals (the tasks it just sent, with their functions and
+        arguments) die at the end of each turn instead of living until the next task is sent.
+        """
+        with self._lock:
+            if self._finished():
+                return False
+            assigned = self._assign()
+            waitables = self._waitables()
+            timeout = self._seconds_to_next_deadline()
+        self._send_all(assigned)
+        del assigned
+        ready = wait_for_ready(waitables, timeout)
+        self._handle(ready)
+        self._expire_deadlines()
+        return True
 
     def _finished(self) -> bool:
         if not self._closing or any(slot.task is not None for slot in self._slots):
@@ -385,6 +396,10 @@ class ProcessBackend(QueueLimit):
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
+
+    def _send_all(self, assigned: list[tuple[_Slot, _Task]]) -> None:
+        for slot, task in assigned:
+            self._send(slot, task)
 
     def _send(self, slot: _Slot, task: _Task) -> None:
         payload, task.payload = task.payload, None
@@ -441,6 +456,7 @@ class ProcessBackend(QueueLimit):
         if task is None:
             return
         result, error = _decode(task, message)
+        task.origin = None  # the user's function (and what it holds) is no longer needed here
         with self._lock:
             if slot.task is not task or task.stop_reason is not None:
                 return  # timed out or cancelled while the reply was on its way
@@ -467,6 +483,8 @@ class ProcessBackend(QueueLimit):
         exitcode = process.exitcode
         with self._lock:
             task, slot.task = slot.task, None
+            if task is not None:
+                task.origin = None
             boot_failed = slot.state is WorkerState.STARTING
             slot.move(WorkerState.EXITED)
             crashed = task is not None and task.stop_reason is None
@@ -510,6 +528,7 @@ class ProcessBackend(QueueLimit):
                 if (task is not None and task.stop_reason is None and task.deadline is not None
                         and now >= task.deadline):
                     task.stop_reason = TIMED_OUT
+                    task.origin = None
                     self._timed_out += 1
                     slot.move(WorkerState.STOPPING)
                     _kill(slot)
@@ -540,6 +559,9 @@ class ProcessBackend(QueueLimit):
             self._closing = True
             tasks = list(self._pending) + [s.task for s in self._slots if s.task is not None]
             self._pending.clear()
+            self._pending_cancelled = 0
+            for slot in self._slots:
+                slot.task = None
             self._room.notify_all()
         for task in tasks:
             settle(task.future, error=error)
@@ -590,6 +612,26 @@ class ProcessBackend(QueueLimit):
                 pass  # the dispatcher has exited: nobody left to wake
 
 
+def _task_pickling_error(name: str, exc: BaseException) -> BaseException:
+    """What ``submit`` raises when a task does not pickle: catchable as what pickling raised.
+
+    ``ProcessPoolExecutor`` fails such a task with the pickling error itself. A ``TypeError`` or
+    ``PicklingError`` (the usual kinds) becomes a :class:`TaskSerializationError`, which is both;
+    another error is raised as itself with the advice as a note; a ``SystemExit`` from a
+    ``__reduce__`` becomes :class:`TaskExitError`, so that it cannot end a notebook's kernel.
+    """
+    advice = (f"cannot send {name} to a worker process: {exc}. The function and its arguments "
+              "travel by pickle; locks, open files, sockets and generators cannot. Pass plain "
+              "data, and create such objects inside the task.")
+    if isinstance(exc, (TypeError, pickle.PicklingError)):
+        return TaskSerializationError(advice)
+    if isinstance(exc, Exception):
+        exc.add_note(advice)
+        return exc
+    return TaskExitError(f"pickling {name} raised {type(exc).__name__}({exc}) in this process; "
+                         "it was stopped so that it cannot end the program")
+
+
 def _sentence(text: str) -> str:
     return text if text.endswith(("?", "!", ".")) else text + "."
 
@@ -602,22 +644,30 @@ def _kill(slot: _Slot) -> None:
 
 
 def _decode(task: _Task, message: tuple) -> tuple[Any, BaseException | None]:
-    """Turn a worker's reply into (result, None) or (None, exception with its remote traceback)."""
+    """Turn a worker's reply into (result, None) or (None, exception with its remote traceback).
+
+    Runs on the dispatcher thread, so nothing that unpickling raises, not even ``SystemExit``,
+    may escape: it becomes that one task's :class:`TaskUnpicklingError`.
+    """
     name = task.name
     if message[0] == worker.RESULT:
         try:
             return pickle.loads(message[1]), None
-        except Exception as exc:  # noqa: BLE001
-            error = TaskSerializationError(f"the result of {name} could not be unpickled here: {exc!r}")
-            error.__cause__ = exc
-            return None, error
+        except BaseException as exc:  # noqa: BLE001 - a result's __reduce__ may raise anything
+            return None, _unpickling_error(
+                f"the result of {name} could not be unpickled here: {exc!r}. Only this task "
+                "failed; the pool keeps serving.", exc)
     _, exc_bytes, type_name, text, tb = message
-    error = None
-    if exc_bytes is not None:
-        try:
-            error = pickle.loads(exc_bytes)
-        except Exception:  # noqa: BLE001 - e.g. an exception class whose __init__ wants other args
-            error = None
+    if message[0] == worker.UNPICKLE_FAILED:
+        original = _load_exception(exc_bytes)
+        if original is not None:
+            original.__cause__ = RemoteTraceback(tb)
+        error = _unpickling_error(
+            f"{name} could not be unpickled in its worker: {type_name}: {text}. A class or module "
+            "it needs may be missing there, or an argument's __reduce__ failed. Only this task "
+            "failed; the pool keeps serving.", original if original is not None else RemoteTraceback(tb))
+        return None, error
+    error = _load_exception(exc_bytes)
     if not isinstance(error, Exception):
         if isinstance(error, BaseException):  # SystemExit, KeyboardInterrupt
             error = TaskExitError(f"{name} raised {type_name}({text}) in its worker")
@@ -627,6 +677,23 @@ def _decode(task: _Task, message: tuple) -> tuple[Any, BaseException | None]:
                 "its traceback is above)")
     error.__cause__ = RemoteTraceback(_restore_sources(tb, task.origin))
     return None, error
+
+
+def _load_exception(exc_bytes: bytes | None) -> BaseException | None:
+    """The exception a worker sent, or ``None`` if it did not come or does not unpickle here."""
+    if exc_bytes is None:
+        return None
+    try:
+        error = pickle.loads(exc_bytes)
+    except BaseException:  # noqa: BLE001 - e.g. a class whose __init__ wants other arguments
+        return None
+    return error if isinstance(error, BaseException) else None
+
+
+def _unpickling_error(message: str, cause: BaseException) -> TaskUnpicklingError:
+    error = TaskUnpicklingError(message)
+    error.__cause__ = cause
+    return error
 
 
 # cloudpickle renames the file of every function it sends by value (a notebook's, a lambda) to

@@ -8,6 +8,7 @@ what it runs, stops it, and replaces it. The messages, all small pickles:
     worker ──▶ parent   (READY, pid)                                       once, after start-up
                         (RESULT, cloudpickle of the return value)          the task returned
                         (RAISED, exception or None, type name, message, traceback text)
+                        (UNPICKLE_FAILED, ...same fields as RAISED...)     the task did not unpickle
                         (INIT_FAILED, ...same fields as RAISED...)         the initializer raised
 
 Everything here is also importable from the parent, so that the pool can send ``run_chunk`` (and
@@ -31,6 +32,7 @@ from .._lifeline import watch_parent
 READY = "ready"
 RESULT = "result"
 RAISED = "raised"
+UNPICKLE_FAILED = "unpickle-failed"
 INIT_FAILED = "init-failed"
 
 #: The message that asks a worker to exit; no task ever pickles to zero bytes.
@@ -72,20 +74,37 @@ def run_task(payload: bytes) -> bytes:
     """Unpickle a task, run it, and return the message that reports its outcome."""
     try:
         fn, args, kwargs = cloudpickle.loads(payload)
-    except BaseException as exc:  # noqa: BLE001
-        return pack_exception(RAISED, exc)
+    except BaseException as exc:  # noqa: BLE001 - even SystemExit: the parent decides what it means
+        return pack_exception(UNPICKLE_FAILED, exc)
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - SystemExit in a task fails the task, not the worker
         return pack_exception(RAISED, exc, skip_frames=1)
+    del fn, args, kwargs
     try:
         return pickle.dumps((RESULT, cloudpickle.dumps(result)))
-    except Exception as exc:  # noqa: BLE001
-        problem = TypeError(
-            f"the task returned a {type(result).__name__}, which cannot be sent back to the parent "
-            f"({exc}). Return plain data: numbers, strings, lists, dicts, numpy arrays."
-        )
-        return pack_exception(RAISED, problem)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ fails the task too
+        return pack_exception(RAISED, explain_pickling_error(exc, result))
+
+
+def explain_pickling_error(exc: BaseException, result: Any) -> BaseException:
+    """The error to report for a result that could not be pickled, catchable as ``exc`` was.
+
+    A ``TypeError`` or ``pickle.PicklingError`` becomes a :class:`~labkit.pool.TaskSerializationError`
+    (both at once) that says what to return instead; any other error stays itself with the same
+    advice as a note, so ``except`` clauses written for ``ProcessPoolExecutor`` still match.
+    """
+    advice = (f"the task returned a {type(result).__name__}, which cannot be sent back to the "
+              f"parent ({exc}). Return plain data: numbers, strings, lists, dicts, numpy arrays.")
+    if isinstance(exc, (TypeError, pickle.PicklingError)):
+        from ._base import TaskSerializationError
+
+        problem = TaskSerializationError(advice)
+        problem.__cause__ = exc
+        return problem
+    if isinstance(exc, Exception):
+        exc.add_note(advice)
+    return exc
 
 
 def pack_exception(tag: str, exc: BaseException, skip_frames: int = 0) -> bytes:
