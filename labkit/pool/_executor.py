@@ -36,7 +36,7 @@ from ._base import (
     label,
 )
 from ._progress import make_progress
-from ._worker import run_chunk
+from ._worker import InitPayload, run_chunk
 from ..cores import check_start_method, resolve_workers
 from ..errors import ConfigurationError
 
@@ -114,6 +114,12 @@ class WorkerPool(Executor):
             the task (process kind only). A task past it is stopped by killing its worker, and
             fails with :class:`TaskTimeoutError`.
         initializer, initargs: called as ``initializer(*initargs)`` in each worker at start.
+            ``multiprocessing`` queues, locks, values and events may be among ``initargs``, as
+            with ``ProcessPoolExecutor``: workers inherit them at start.
+        max_tasks_per_child: a worker process that has run this many tasks exits and a fresh one
+            takes its place (process kind; as in ``ProcessPoolExecutor`` since Python 3.11).
+            Useful when tasks leak memory or other resources. ``None``: workers live as long as
+            the pool. Each planned replacement counts in ``stats().restarts``.
 
     Workers start on the first ``submit``/``map``, not here. Use the pool in a ``with`` block, or
     call :meth:`shutdown`: either way no worker outlives it. A pool that is garbage-collected
@@ -121,6 +127,50 @@ class WorkerPool(Executor):
 
     >>> with WorkerPool("process", workers=2) as pool:          # doctest: +SKIP
     ...     squares = list(pool.map(lambda x: x * x, range(10)))
+
+    **Same contract as concurrent.futures.** Code written for ``ProcessPoolExecutor`` or
+    ``ThreadPoolExecutor`` runs unchanged, and catches the same errors. What each stage's failure
+    raises (tests/test_pool_contract.py checks both columns):
+
+    ============================================  ======================  ==========================
+    what fails (process kind)                     ProcessPoolExecutor     WorkerPool
+    ============================================  ======================  ==========================
+    the task does not pickle here                 the pickling error      the same type, from
+                                                                          ``submit`` (fails fast):
+                                                                          TaskSerializationError
+                                                                          for TypeError and
+                                                                          PicklingError, else the
+                                                                          original with a note
+    the task does not unpickle in the worker      BrokenProcessPool       TaskUnpicklingError (a
+                                                                          BrokenProcessPool; the
+                                                                          original is its cause)
+    the task raises                               the exception           the exception
+    the worker dies (crash, os._exit, SIGKILL)    BrokenProcessPool       WorkerCrashedError (a
+                                                                          BrokenProcessPool)
+    the result does not pickle in the worker      the pickling error      as for the task, above
+    the result does not unpickle here             BrokenProcessPool       TaskUnpicklingError
+    the initializer raises                        BrokenProcessPool       WorkerStartError (a
+                                                                          BrokenProcessPool)
+    ============================================  ======================  ==========================
+
+    **Differences from concurrent.futures**, all deliberate:
+
+    - A ``SystemExit`` or ``KeyboardInterrupt`` raised by a task (or by pickling it or its result)
+      comes back as :class:`TaskExitError`, so ``sys.exit()`` in a task cannot end a notebook's
+      kernel or your script.
+    - A crash, or a task or result that does not unpickle, fails only that task: the pool starts
+      a new worker and keeps serving, where ``ProcessPoolExecutor`` breaks the whole pool and
+      fails every pending task. The error is still a ``BrokenProcessPool``.
+    - ``workers`` counts the cores you may use (affinity and cgroup quota), not the machine's
+      (``max_workers=None`` is ``os.cpu_count()``); ``-1`` means all of them but one.
+    - The default start method is ``forkserver`` (or ``LABKIT_START_METHOD``), never ``fork``,
+      which is unsafe in a process with threads. ``max_tasks_per_child`` works with ``fork`` too.
+    - An error, an interrupt or an abandoned iterator of :meth:`map` stops the map's running
+      tasks too (their workers are killed and replaced), not only its pending ones.
+
+    Everything else is an addition: per-task ``timeout``, ``max_queue``, :meth:`kill_task`,
+    :meth:`stats`, ``map(progress=..., return_exceptions=...)``, functions and lambdas defined in
+    a notebook under every start method (they travel by cloudpickle).
     """
 
     def __init__(
@@ -134,6 +184,7 @@ class WorkerPool(Executor):
         timeout: float | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: Iterable[Any] = (),
+        max_tasks_per_child: int | None = None,
     ) -> None:
         self._kind = _check_kind(kind)
         self._workers = resolve_workers(workers)
@@ -144,6 +195,14 @@ class WorkerPool(Executor):
         if initializer is not None and not callable(initializer):
             raise ConfigurationError(f"initializer must be callable, got {initializer!r}")
         initargs = tuple(initargs)
+        if max_tasks_per_child is not None:
+            if not _is_int(max_tasks_per_child) or max_tasks_per_child < 1:
+                raise ConfigurationError(
+                    f"max_tasks_per_child must be a positive integer or None, got {max_tasks_per_child!r}")
+            if self._kind != "process":
+                raise ConfigurationError(
+                    f"max_tasks_per_child applies to kind='process' only: a {self._kind} pool does "
+                    "not replace its workers")
         self._on_full = on_full
         self._timeout = self._check_timeout(timeout, "timeout")
         self._finalizer: weakref.finalize | None = None
@@ -160,6 +219,7 @@ class WorkerPool(Executor):
                 on_full=on_full,
                 init_payload=_pickle_initializer(initializer, initargs),
                 tuning=_TUNING,
+                max_tasks_per_child=max_tasks_per_child,
             )
         else:
             if start_method is not None:
@@ -417,13 +477,25 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple) -> bytes | None:
+def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple) -> InitPayload | None:
+    """The initializer and its arguments, ready to hand to each new worker process.
+
+    The function goes by cloudpickle (it may be defined in a notebook). The arguments do too when
+    they can; when they cannot, for instance a ``multiprocessing.Queue``, ``Lock``, ``Value`` or
+    ``Event``, which refuse to be pickled except while a process is being started, they are
+    handed over as they are, as ``ProcessPoolExecutor`` does: inherited under fork, pickled by
+    multiprocessing itself at start under spawn and forkserver.
+    """
     if initializer is None:
         return None
     try:
-        return cloudpickle.dumps((initializer, initargs))
+        function = cloudpickle.dumps(initializer)
     except Exception as exc:  # noqa: BLE001
         raise TaskSerializationError(f"cannot send the initializer to worker processes: {exc}") from exc
+    try:
+        return InitPayload(function, cloudpickle.dumps(initargs), pickled=True)
+    except Exception:  # noqa: BLE001 - multiprocessing's primitives travel only at process start
+        return InitPayload(function, initargs, pickled=False)
 
 
 def _shut_down_quietly(backend: PoolBackend) -> None:

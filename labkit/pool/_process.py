@@ -87,6 +87,7 @@ class _Slot(SlotTally):
         self.conn_open = False
         self.pid: int | None = None
         self.task: _Task | None = None
+        self.tasks_by_this_process = 0  # for max_tasks_per_child
 
     def move(self, new: WorkerState) -> None:
         """Move to ``new``; an illegal move raises :class:`labkit._exits.IllegalMoveError`."""
@@ -99,12 +100,14 @@ class ProcessBackend(QueueLimit):
     kind = "process"
 
     def __init__(self, *, workers: int, context, max_queue: int | None, on_full: str,
-                 init_payload: bytes | None, tuning: Tuning) -> None:
+                 init_payload: worker.InitPayload | None, tuning: Tuning,
+                 max_tasks_per_child: int | None = None) -> None:
         self.workers = workers
         self.context = context
         self._max_queue = max_queue
         self._on_full = on_full
         self._init_payload = init_payload
+        self._max_tasks_per_child = max_tasks_per_child
         self._tuning = tuning
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # notified when the queue shrinks or closes
@@ -322,6 +325,7 @@ class ProcessBackend(QueueLimit):
             slot.restarts += 1
         slot.move(WorkerState.STARTING)
         slot.process, slot.conn, slot.conn_open, slot.pid = process, parent_end, True, process.pid
+        slot.tasks_by_this_process = 0
 
     # ----------------------------------------------------------------------------------------
     # the dispatcher thread
@@ -462,6 +466,11 @@ class ProcessBackend(QueueLimit):
                 return  # timed out or cancelled while the reply was on its way
             slot.task = None
             slot.move(WorkerState.IDLE)
+            slot.tasks_by_this_process += 1
+            retire = (self._max_tasks_per_child is not None
+                      and slot.tasks_by_this_process >= self._max_tasks_per_child)
+            if retire:
+                slot.move(WorkerState.STOPPING)  # _reap starts its successor once it has exited
             run = now - task.started
             slot.count_task(run)
             self._waits.append(task.started - task.submitted)
@@ -470,6 +479,8 @@ class ProcessBackend(QueueLimit):
                 self._succeeded += 1
             else:
                 self._raised += 1
+        if retire:
+            _ask_to_stop(slot)
         settle(task.future, result=result, error=error)
 
     def _reap(self, slot: _Slot) -> None:
@@ -634,6 +645,13 @@ def _task_pickling_error(name: str, exc: BaseException) -> BaseException:
 
 def _sentence(text: str) -> str:
     return text if text.endswith(("?", "!", ".")) else text + "."
+
+
+def _ask_to_stop(slot: _Slot) -> None:
+    try:
+        slot.conn.send_bytes(worker.STOP)
+    except (OSError, AttributeError):
+        pass  # already gone: _reap handles it the same way
 
 
 def _kill(slot: _Slot) -> None:

@@ -23,7 +23,7 @@ import signal
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
@@ -39,7 +39,22 @@ INIT_FAILED = "init-failed"
 STOP = b""
 
 
-def serve(conn: Connection, parent_pid: int, init_payload: bytes | None) -> None:
+class InitPayload(NamedTuple):
+    """A pool's initializer on its way to a worker process.
+
+    Attributes:
+        function: the initializer, cloudpickled.
+        args: its arguments, cloudpickled if ``pickled``; else the objects themselves, which
+            multiprocessing hands over at process start (inherited, or pickled while spawning).
+        pickled: whether ``args`` are cloudpickle bytes.
+    """
+
+    function: bytes
+    args: Any
+    pickled: bool
+
+
+def serve(conn: Connection, parent_pid: int, init_payload: InitPayload | None) -> None:
     """The worker process's main function (the ``target`` of its ``multiprocessing.Process``)."""
     # Ctrl-C in a terminal reaches the whole process group. The parent decides what an interrupt
     # means (cancel, stop the pool), so a worker never dies of one in the middle of a task.
@@ -50,7 +65,10 @@ def serve(conn: Connection, parent_pid: int, init_payload: bytes | None) -> None
     try:
         if init_payload is not None:
             try:
-                initializer, initargs = cloudpickle.loads(init_payload)
+                initializer = cloudpickle.loads(init_payload.function)
+                initargs = init_payload.args
+                if init_payload.pickled:
+                    initargs = cloudpickle.loads(initargs)
                 initializer(*initargs)
             except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
                 conn.send_bytes(pack_exception(INIT_FAILED, exc))
