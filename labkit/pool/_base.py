@@ -426,8 +426,9 @@ class TaskFuture(Future):
 
     def cancel(self) -> bool:
         """Cancel the task if it has not started; ``False`` if it runs or has finished."""
+        task = self._task
         if super().cancel():
-            self._backend.forget_pending(self._task)  # idempotent: counts each task once
+            self._backend.forget_pending(task)  # idempotent: counts each task once
             return True
         return False
 

@@ -357,7 +357,8 @@ class WorkerPool(Executor):
         stop = getattr(self._backend, "stop_running", None)
         if not isinstance(future, TaskFuture) or stop is None or future._backend is not self._backend:
             return future.cancelled()
-        if stop(future._task):
+        task = future._task
+        if task is not None and stop(task):
             future._mark_cancelled()
             return True
         return future.cancelled()

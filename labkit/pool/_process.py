@@ -481,7 +481,7 @@ class ProcessBackend(QueueLimit):
                 self._raised += 1
         if retire:
             _ask_to_stop(slot)
-        settle(task.future, result=result, error=error)
+        _settle(task, result=result, error=error)
 
     def _reap(self, slot: _Slot) -> None:
         process = slot.process
@@ -508,7 +508,7 @@ class ProcessBackend(QueueLimit):
         slot.process = slot.conn = None
         slot.conn_open = False
         if crashed:
-            settle(task.future, error=WorkerCrashedError(
+            _settle(task, error=WorkerCrashedError(
                 f"the worker process running {task.name} (pid {slot.pid}) died: "
                 f"{_sentence(describe_exit(exitcode))} Only this task failed; a new worker took its place.",
                 pid=slot.pid, exitcode=exitcode))
@@ -545,7 +545,7 @@ class ProcessBackend(QueueLimit):
                     _kill(slot)
                     expired.append(task)
         for task in expired:
-            settle(task.future, error=TaskTimeoutError(
+            _settle(task, error=TaskTimeoutError(
                 f"{task.name} ran longer than its timeout of {task.timeout:g} s, so its worker was "
                 "stopped and replaced. Give it more time (WorkerPool(timeout=...), or "
                 "submit_with(..., timeout=...)) or split the work into smaller tasks."))
@@ -563,7 +563,7 @@ class ProcessBackend(QueueLimit):
             self._room.notify_all()
         for task in tasks:
             task.in_queue = False
-            settle(task.future, error=error)
+            _settle(task, error=error)
 
     def _fail_everything(self, error: BaseException) -> None:
         with self._lock:
@@ -575,7 +575,7 @@ class ProcessBackend(QueueLimit):
                 slot.task = None
             self._room.notify_all()
         for task in tasks:
-            settle(task.future, error=error)
+            _settle(task, error=error)
 
     def _stop_workers(self) -> None:
         """Ask every worker to exit, give them a moment, then insist."""
@@ -645,6 +645,18 @@ def _task_pickling_error(name: str, exc: BaseException) -> BaseException:
 
 def _sentence(text: str) -> str:
     return text if text.endswith(("?", "!", ".")) else text + "."
+
+
+def _settle(task: _Task, *, result: Any = None, error: BaseException | None = None) -> None:
+    """Give ``task``'s future its outcome, then cut the future's link back to the task.
+
+    The future and the task point at each other; once the outcome is set, the future no longer
+    needs the task, and without the cycle a result is freed as soon as its reader drops it.
+    """
+    future = task.future
+    settle(future, result=result, error=error)
+    task.origin = None
+    future._task = None
 
 
 def _ask_to_stop(slot: _Slot) -> None:
