@@ -27,6 +27,7 @@ from labkit.pool import (
     TaskFuture,
     TaskSerializationError,
     TaskTimeoutError,
+    TaskUnpicklingError,
     WorkerCrashedError,
     WorkerPool,
     WorkerStartError,
@@ -211,6 +212,50 @@ def test_kill_task_on_a_running_task_kills_its_worker_and_cancels_the_future():
         assert wait_until(lambda: not alive(pid))
         assert pool.submit(tasks.square, 3).result(timeout=30) == 9
         assert pool.stats().cancelled == 1
+
+
+def test_kill_task_cannot_stop_a_running_thread_and_says_so(gate):
+    with WorkerPool("thread", workers=1) as pool:
+        running = pool.submit(tasks.wait_for_gate, gate.path, "done")
+        started(running)
+        assert pool.kill_task(running) is False
+        gate.open()
+        assert running.result(timeout=30) == "done"
+
+
+def test_abandoning_a_map_iterator_stops_its_running_tasks(gate, tmp_path):
+    already_open = tmp_path / "open"
+    already_open.touch()
+    with WorkerPool("process", workers=2, start_method=FAST) as pool:
+        results = pool.map(tasks.wait_for_gate, [str(already_open)] + [gate.path] * 4, [1] * 5)
+        assert next(results) == 1
+        assert wait_until(lambda: pool.stats().running == 2)
+        results.close()  # what a `for` loop left by `break`, then garbage-collected, does
+        assert wait_until(lambda: pool.stats().running == 0 and pool.stats().pending == 0)
+        assert pool.stats().cancelled == 4
+
+
+def test_a_result_whose_unpickling_exits_fails_alone_and_the_pool_still_terminates_cleanly():
+    import contract_tasks
+
+    pool = WorkerPool("process", workers=1, start_method=FAST)
+    try:
+        with pytest.raises(TaskUnpicklingError) as caught:
+            pool.submit(contract_tasks.make, contract_tasks.ExitAtUnpickle).result(timeout=30)
+        assert isinstance(caught.value.__cause__, SystemExit)
+        assert pool.submit(tasks.square, 6).result(timeout=30) == 36
+    finally:
+        pool.terminate()  # once raised "stopping -> stopping is not a legal move"
+    assert pool.closed
+
+
+def test_a_crashed_worker_is_catchable_as_broken_process_pool_yet_the_pool_heals():
+    from concurrent.futures.process import BrokenProcessPool
+
+    with WorkerPool("process", workers=1, start_method=FAST) as pool:
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(tasks.kill_myself_on, 1, 1).result(timeout=30)
+        assert pool.submit(tasks.square, 5).result(timeout=30) == 25
 
 
 def test_cancelling_a_pending_task_means_it_never_runs(gate):

@@ -3,7 +3,7 @@
 Picture a kitchen. Orders (tasks) go on a rail (the pending queue); one expediter (the dispatcher
 thread) hands each free cook (worker) exactly one order at a time and watches them all. If a cook
 collapses, only the dish in their hands is lost: the expediter reports it and calls in a new cook.
-If a dish takes too long, or the customer cancels it, the expediter sends that cook home and calls
+If a dish takes too long, or the customer calls it off, the expediter sends that cook home and calls
 in a fresh one. This is Node's piscina or ``cluster`` idea, for Python functions.
 
 The process kind, who sends what to whom::
@@ -30,7 +30,7 @@ The process kind, who sends what to whom::
                                         │                               WorkerCrashedError; a new
                                         │                               worker takes the slot
                                         ├── deadline passed, or ──────▶ SIGKILL that worker; its task
-                                        │   cancel() while running      fails with TaskTimeoutError
+                                        │   kill_task() while running   fails with TaskTimeoutError
                                         │                               or is cancelled; new worker
                                         └── shutdown ──── b"" (stop) ─▶ each exits; join; kill what
                                                                         lingers

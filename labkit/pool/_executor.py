@@ -266,9 +266,9 @@ class WorkerPool(Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` and return a :class:`~concurrent.futures.Future`.
 
-        For the process kind the future is a :class:`TaskFuture`: ``cancel()`` also stops a task
-        that is already running. The pool's ``timeout`` applies; for a different limit on one task,
-        use :meth:`submit_with`.
+        ``cancel()`` on it works as usual: only while the task waits for a worker. To stop a
+        task that already runs (process kind), call :meth:`kill_task`. The pool's ``timeout``
+        applies; for a different limit on one task, use :meth:`submit_with`.
         """
         return self._submit(fn, args, kwargs, timeout=self._timeout, block=self._on_full == "wait")
 
@@ -309,8 +309,10 @@ class WorkerPool(Executor):
                 so that one bad item does not hide the others' results.
 
         The first error raised (without ``return_exceptions``), an interrupt (Ctrl-C, or the
-        notebook's stop button) or abandoning the iterator cancels every task of this map that has
-        not finished, including running ones in the process kind, and re-raises.
+        notebook's stop button) or abandoning the iterator once it has started cancels every task
+        of this map that has not finished, including running ones in the process kind (as
+        :meth:`kill_task` does; ``concurrent.futures`` cancels only pending ones), and re-raises.
+        Like the standard library's, the iterator drops each result once it has yielded it.
         """
         if not _is_int(chunksize) or chunksize < 1:
             raise ConfigurationError(f"chunksize must be a positive integer, got {chunksize!r}")

@@ -164,7 +164,7 @@ class ProcessBackend(QueueLimit):
                 self._room.notify_all()
 
     def stop_running(self, task: _Task) -> bool:
-        """Kill the worker running ``task`` (``future.cancel()``); ``False`` if it is not running."""
+        """Kill the worker running ``task`` (``WorkerPool.kill_task``); ``False`` if it is not running."""
         with self._lock:
             slot = task.slot
             if slot is None or slot.task is not task:
