@@ -206,3 +206,7 @@ def make_executor(factory: tuple, workers: int = 1, **options):
     from concurrent.futures import ThreadPoolExecutor
 
     return ThreadPoolExecutor(workers, **options)
+
+
+def big_bytes(nbytes: int) -> bytes:
+    return b"\x07" * nbytes

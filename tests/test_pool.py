@@ -15,6 +15,7 @@ from concurrent.futures import CancelledError
 
 import psutil
 import pytest
+import contract_tasks
 import worker_tasks as tasks
 from worker_tasks import FAST, START_METHODS
 
@@ -236,8 +237,6 @@ def test_abandoning_a_map_iterator_stops_its_running_tasks(gate, tmp_path):
 
 
 def test_a_result_whose_unpickling_exits_fails_alone_and_the_pool_still_terminates_cleanly():
-    import contract_tasks
-
     pool = WorkerPool("process", workers=1, start_method=FAST)
     try:
         with pytest.raises(TaskUnpicklingError) as caught:
@@ -564,3 +563,40 @@ def test_workers_exit_when_the_process_that_owns_the_pool_dies(tmp_path):
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------
+# big results
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_big_arrays_and_bytes_come_back_whole_and_arrays_stay_writable(method):
+    np = pytest.importorskip("numpy")
+    with WorkerPool("process", workers=1, start_method=method) as pool:
+        array = pool.submit(np.arange, 600_000, dtype=np.float64).result(timeout=60)  # 4.8 MB
+        data = pool.submit(contract_tasks.big_bytes, 3_000_001).result(timeout=60)
+        several = list(pool.map(np.full, [(2, 300_000)] * 3, [1.5, 2.5, 3.5], chunksize=3))
+    assert array.shape == (600_000,) and array[-1] == 599_999.0
+    array[0] = -1.0  # writable, as an unpickled array always is
+    assert type(data) is bytes and len(data) == 3_000_001 and data.count(7) == len(data)
+    assert [a[1, -1] for a in several] == [1.5, 2.5, 3.5]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak RSS reset")
+def test_receiving_a_big_result_adds_about_its_own_size_to_the_parent():
+    size = 64 * 1024 * 1024
+
+    def peak_added(receive):
+        before = psutil.Process().memory_info().rss
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        result = receive()
+        with open("/proc/self/status") as status:
+            peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+        assert len(result) == size
+        return peak - before
+
+    with WorkerPool("process", workers=1, start_method=FAST) as pool:
+        pool.submit(tasks.square, 1).result(timeout=30)
+        added = peak_added(lambda: pool.submit(contract_tasks.big_bytes, size).result(timeout=60))
+    assert added < 1.5 * size, f"receiving {size} bytes raised the peak by {added} bytes"

@@ -43,6 +43,13 @@ costs one pipe round-trip per task (tens of microseconds), and buys exact failur
 crash or a timeout loses exactly the one task that caused it, and a long task never holds short
 ones hostage behind it. For many tiny tasks, ``map(..., chunksize=n)`` sends n calls per trip.
 
+What a result costs: a small one is pickled in the worker and unpickled here, as usual. A big
+numpy array (any buffer of 1 MiB or more that pickle protocol 5 can hand out of band) or a big
+``bytes`` result is not copied into a pickle: the worker writes it straight from its memory and
+the dispatcher reads it straight into the memory the result keeps, so receiving an N-byte result
+adds about N bytes to this process, not two or three times that (``benchmarks/bench_pool.py big``
+measures it). The worker holds its own N bytes until it has sent them.
+
 Functions and arguments travel with cloudpickle, so functions and lambdas defined in a notebook
 (module ``__main__``) work under every start method; importable functions go by name as usual.
 The thread kind runs tasks in this process (nothing pickled, nothing killable); the interpreter

@@ -13,6 +13,7 @@ and :mod:`labkit.pool._worker`. Here is the machinery:
 
 from __future__ import annotations
 
+import io
 import linecache
 import os
 import pickle
@@ -432,7 +433,11 @@ class ProcessBackend(QueueLimit):
     def _read(self, slot: _Slot) -> None:
         try:
             while slot.conn_open and slot.conn.poll():
-                self._on_message(slot, pickle.loads(slot.conn.recv_bytes()))
+                message = pickle.loads(slot.conn.recv_bytes())
+                if message[0] in (worker.RESULT_BUFFERS, worker.RESULT_BYTES):
+                    message = _receive_raw(slot.conn, message)
+                self._on_message(slot, message)
+                del message
         except (EOFError, OSError):
             slot.conn_open = False
 
@@ -680,8 +685,12 @@ def _decode(task: _Task, message: tuple) -> tuple[Any, BaseException | None]:
     may escape: it becomes that one task's :class:`TaskUnpicklingError`.
     """
     name = task.name
-    if message[0] == worker.RESULT:
+    if message[0] in (worker.RESULT, worker.RESULT_BUFFERS, worker.RESULT_BYTES):
         try:
+            if message[0] == worker.RESULT_BYTES:
+                return message[1], None
+            if message[0] == worker.RESULT_BUFFERS:
+                return pickle.loads(message[1], buffers=message[2]), None
             return pickle.loads(message[1]), None
         except BaseException as exc:  # noqa: BLE001 - a result's __reduce__ may raise anything
             return None, _unpickling_error(
@@ -707,6 +716,32 @@ def _decode(task: _Task, message: tuple) -> tuple[Any, BaseException | None]:
                 "its traceback is above)")
     error.__cause__ = RemoteTraceback(_restore_sources(tb, task.origin))
     return None, error
+
+
+def _receive_raw(conn: Connection, header: tuple) -> tuple:
+    """Read the raw data that follows a big result's header, each buffer into its final memory.
+
+    Buffers of an array land in a ``bytearray`` that the unpickled array then uses as it is
+    (writable, like any array). A ``bytes`` result lands in the buffer of a ``BytesIO`` whose
+    ``getvalue()`` then hands over that very buffer as the ``bytes`` object, without a copy.
+    """
+    fd = conn.fileno()
+    if header[0] == worker.RESULT_BYTES:
+        size = header[1]
+        sink = io.BytesIO()
+        if size:
+            sink.seek(size - 1)
+            sink.write(b"\0")  # sizes its buffer once, exactly
+            with sink.getbuffer() as view:
+                worker.read_into(fd, view)
+        return (worker.RESULT_BYTES, sink.getvalue())
+    tag, stream, sizes = header
+    buffers = []
+    for size in sizes:
+        buffer = bytearray(size)
+        worker.read_into(fd, memoryview(buffer))
+        buffers.append(buffer)
+    return (tag, stream, buffers)
 
 
 def _load_exception(exc_bytes: bytes | None) -> BaseException | None:
