@@ -512,6 +512,17 @@ def test_terminate_stops_running_tasks_at_once():
     assert all(f.cancelled() for f in running)
 
 
+@pytest.mark.parametrize("method_name", ["terminate_workers", "kill_workers"])
+def test_python_3_14_names_for_stopping_the_workers_stop_them_at_once(method_name):
+    pool = WorkerPool("process", workers=1, start_method=FAST)
+    running = pool.submit(tasks.sleep_then_return, 60)
+    started(running)
+    began = time.monotonic()
+    getattr(pool, method_name)()
+    assert time.monotonic() - began < 10
+    assert running.cancelled() and pool.closed
+
+
 def test_an_interrupt_during_map_cancels_its_tasks_and_is_reraised():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     pool = WorkerPool("process", workers=2, start_method=FAST)

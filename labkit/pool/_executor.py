@@ -167,6 +167,11 @@ class WorkerPool(Executor):
       which is unsafe in a process with threads. ``max_tasks_per_child`` works with ``fork`` too.
     - An error, an interrupt or an abandoned iterator of :meth:`map` stops the map's running
       tasks too (their workers are killed and replaced), not only its pending ones.
+    - Functions defined in a notebook or in a script's ``__main__`` travel by value (cloudpickle),
+      each with the globals it uses as they are at ``submit`` time, instead of by name. So a
+      global that the initializer (or an earlier task) sets in a worker is not seen by such a
+      function; keep that state in an importable module, as the standard library's spawn
+      workers would need anyway.
 
     Everything else is an addition: per-task ``timeout``, ``max_queue``, :meth:`kill_task`,
     :meth:`stats`, ``map(progress=..., return_exceptions=...)``, functions and lambdas defined in
@@ -433,6 +438,16 @@ class WorkerPool(Executor):
         self._backend.terminate()
         if self._finalizer is not None:
             self._finalizer.detach()
+
+    def terminate_workers(self) -> None:
+        """Python 3.14's ``ProcessPoolExecutor.terminate_workers()``, for code written for it:
+        :meth:`terminate`."""
+        self.terminate()
+
+    def kill_workers(self) -> None:
+        """Python 3.14's ``ProcessPoolExecutor.kill_workers()``, for code written for it:
+        :meth:`terminate` (which already kills with SIGKILL)."""
+        self.terminate()
 
     def __enter__(self) -> WorkerPool:
         return self
