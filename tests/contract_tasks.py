@@ -210,3 +210,33 @@ def make_executor(factory: tuple, workers: int = 1, **options):
 
 def big_bytes(nbytes: int) -> bytes:
     return b"\x07" * nbytes
+
+
+# --------------------------------------------------------------------------------------------
+# exceptions that fail on their way back
+
+
+class TwoPartError(Exception):
+    """Pickles, but cannot be rebuilt: unpickling calls ``TwoPartError(what)`` without ``why``."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(what)
+        self.why = why
+
+
+def raise_two_part_error() -> None:
+    raise TwoPartError("broken", "on purpose")
+
+
+class LockedError(Exception):
+    """Holds a lock, so it cannot be pickled at all."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__("I hold a lock")
+        self.lock = threading.Lock()
+
+
+def raise_locked_error() -> None:
+    raise LockedError()

@@ -611,3 +611,44 @@ def test_receiving_a_big_result_adds_about_its_own_size_to_the_parent():
         pool.submit(tasks.square, 1).result(timeout=30)
         added = peak_added(lambda: pool.submit(contract_tasks.big_bytes, size).result(timeout=60))
     assert added < 1.5 * size, f"receiving {size} bytes raised the peak by {added} bytes"
+
+
+# --------------------------------------------------------------------------------------------
+# interpreter exit
+
+
+def test_a_notebook_kernel_shuts_down_at_once_with_a_task_running_and_leaves_no_worker():
+    jupyter_client = pytest.importorskip("jupyter_client")
+    manager = jupyter_client.KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    printed: list[str] = []
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        code = textwrap.dedent("""
+            import time
+            from labkit.pool import WorkerPool
+            pool = WorkerPool("process", workers=1, start_method="fork")
+            future = pool.submit(time.sleep, 120)
+            while not future.running():
+                time.sleep(0.02)
+            print(pool.stats().workers[0].pid)
+        """)
+
+        def keep_output(message):
+            if message["msg_type"] == "stream":
+                printed.append(message["content"]["text"])
+
+        client.execute_interactive(code, output_hook=keep_output, timeout=60)
+    finally:
+        client.stop_channels()
+        began = time.monotonic()
+        manager.shutdown_kernel(now=False)  # a polite shutdown_request, as a restart sends
+        took = time.monotonic() - began
+    pid = int("".join(printed).split()[0])
+    assert wait_until(lambda: not alive(pid), timeout=5), "the kernel's worker outlived it"
+    # Jupyter waits up to 5 s for a polite shutdown before it kills the kernel. ipykernel ends
+    # the kernel's children first; the pool's exit hook must then see its task as lost and let
+    # the kernel go, not wait for the two-minute task or keep restarting workers.
+    assert took < 4.5, f"the kernel took {took:.1f} s to shut down"

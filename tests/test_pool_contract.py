@@ -364,6 +364,8 @@ STAGES = {
     ("run", "error"): ((tasks.raise_value_error,), ValueError),
     ("run", "exit"): ((tasks.call_sys_exit, 3), SystemExit),
     ("run", "crash"): ((tasks.die_hard,), BrokenProcessPool),
+    ("exception pickle", "error"): ((tasks.raise_locked_error,), TypeError),
+    ("exception unpickle", "error"): ((tasks.raise_two_part_error,), BrokenProcessPool),
     ("result pickle", "error"): ((tasks.make, tasks.ErrorAtPickle), PicklingError),
     ("result pickle", "exit"): ((tasks.make, tasks.ExitAtPickle), SystemExit),
     ("result pickle", "crash"): ((tasks.make, tasks.CrashAtPickle), BrokenProcessPool),

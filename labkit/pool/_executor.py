@@ -123,7 +123,8 @@ class WorkerPool(Executor):
 
     Workers start on the first ``submit``/``map``, not here. Use the pool in a ``with`` block, or
     call :meth:`shutdown`: either way no worker outlives it. A pool that is garbage-collected
-    without shutdown is shut down then (its pending tasks still run first).
+    without shutdown is shut down then (its pending tasks still run first). At a script's
+    normal exit, the work already submitted is finished before the workers stop.
 
     >>> with WorkerPool("process", workers=2) as pool:          # doctest: +SKIP
     ...     squares = list(pool.map(lambda x: x * x, range(10)))
@@ -544,8 +545,10 @@ def _finish_live_pools() -> None:
 
     As the standard library's executors do: a script that submits work and falls off its end
     still gets that work done (with or without ``shutdown(wait=False)`` before). A second Ctrl-C
-    while waiting stops everything at once. A kernel that dies without a normal exit never gets
-    here; its workers notice through labkit._lifeline and exit on their own.
+    while waiting stops everything at once. A notebook kernel that is shut down or restarted
+    loses its children first (ipykernel terminates them), so its pools end at once here. A
+    kernel that dies without a normal exit never gets here; its workers notice through
+    labkit._lifeline and exit on their own.
     """
     for backend in list(_live_backends):
         try:

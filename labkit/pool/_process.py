@@ -710,10 +710,15 @@ def _decode(task: _Task, message: tuple) -> tuple[Any, BaseException | None]:
     if not isinstance(error, Exception):
         if isinstance(error, BaseException):  # SystemExit, KeyboardInterrupt
             error = TaskExitError(f"{name} raised {type_name}({text}) in its worker")
-        else:
+        elif exc_bytes is None:  # it did not pickle in the worker: ProcessPoolExecutor says so too
             error = TaskSerializationError(
-                f"{name} raised {type_name}: {text} (the exception could not be sent back intact; "
-                "its traceback is above)")
+                f"{name} raised {type_name}: {text} (the exception could not be pickled to be sent "
+                "back; its traceback is above)")
+        else:  # it did not unpickle here: ProcessPoolExecutor calls its pool broken
+            error = TaskUnpicklingError(
+                f"{name} raised {type_name}: {text} (the exception could not be unpickled here, "
+                "for instance a class whose __init__ wants other arguments; its traceback is "
+                "above). Only this task failed; the pool keeps serving.")
     error.__cause__ = RemoteTraceback(_restore_sources(tb, task.origin))
     return None, error
 
