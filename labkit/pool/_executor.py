@@ -146,6 +146,8 @@ class WorkerPool(Executor):
                                                                           BrokenProcessPool; the
                                                                           original is its cause)
     the task raises                               the exception           the exception
+    ... an exception that does not pickle there   the pickling error      TaskSerializationError
+    ... an exception that does not unpickle here  BrokenProcessPool       TaskUnpicklingError
     the worker dies (crash, os._exit, SIGKILL)    BrokenProcessPool       WorkerCrashedError (a
                                                                           BrokenProcessPool)
     the result does not pickle in the worker      the pickling error      as for the task, above
@@ -171,8 +173,8 @@ class WorkerPool(Executor):
     - Functions defined in a notebook or in a script's ``__main__`` travel by value (cloudpickle),
       each with the globals it uses as they are at ``submit`` time, instead of by name. So a
       global that the initializer (or an earlier task) sets in a worker is not seen by such a
-      function; keep that state in an importable module, as the standard library's spawn
-      workers would need anyway.
+      function, where ``ProcessPoolExecutor`` (which sends them by name) would see it. Keep
+      such per-worker state in an importable module.
 
     Everything else is an addition: per-task ``timeout``, ``max_queue``, :meth:`kill_task`,
     :meth:`stats`, ``map(progress=..., return_exceptions=...)``, functions and lambdas defined in
