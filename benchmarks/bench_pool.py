@@ -18,6 +18,13 @@ Each comparison times its contenders in turns (see ``_interleaved_medians``).
    value), and each worker's extra private memory (USS, psutil) once it has read all of it.
    Targets: sharing at least 50x faster; extra memory per worker under 5% of the array.
 
+5. Big results: one task returns a 1 GB numpy array, then 1 GB of ``bytes``; the parent's peak
+   resident memory while it receives the result, over the result's size (Linux: the peak is
+   read from ``VmHWM`` after resetting it through ``/proc/self/clear_refs``). WorkerPool and
+   ``ProcessPoolExecutor`` side by side, one worker each. Target: WorkerPool below 2x for both.
+   Memory, not time: it is safe to run alone on a busy machine,
+   ``python benchmarks/bench_pool.py big`` (``BIG_RESULT_BYTES=200000000`` for a smaller one).
+
 Task functions live at module level here, so the standard library's and loky's workers (which
 pickle functions by name) can import them; ``benchmarks/run.py`` puts this folder on ``sys.path``.
 """
@@ -45,6 +52,7 @@ HANDOFF_REPEATS = 3  # pickling 200 MB to every worker takes a second or more ea
 PRIMES_LIMIT = 60_000  # one task: about 0.15 s of pure Python on a current core
 TINY_TASKS = 10_000
 HANDOFF_BYTES = 200_000_000
+BIG_RESULT_BYTES = int(os.environ.get("BIG_RESULT_BYTES", 1_000_000_000))  # the issue's 1 GB
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,6 +75,14 @@ def read_all_and_measure(values) -> tuple[int, float, int]:
     if isinstance(values, SharedArray):
         values = values.array
     return os.getpid(), float(values.sum()), psutil.Process().memory_full_info().uss
+
+
+def big_array(nbytes: int) -> np.ndarray:
+    return np.ones(nbytes // 8, dtype=np.float64)
+
+
+def big_bytes(nbytes: int) -> bytes:
+    return b"\x01" * nbytes
 
 
 def idle_memory(_=None) -> tuple[int, int]:
@@ -240,6 +256,73 @@ def _handoff(workers: int) -> list[str]:
     return lines
 
 
+def _resident_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak resident size (VmHWM); ``False`` where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _peak_while(receive) -> int:
+    """Peak resident bytes above the start while ``receive()`` runs (its result is dropped)."""
+    import gc
+
+    gc.collect()
+    before = _resident_bytes()
+    if not _reset_peak():
+        raise RuntimeError("cannot reset the peak resident size here (needs Linux /proc/self/clear_refs)")
+    result = receive()
+    peak = _peak_bytes()
+    del result
+    gc.collect()
+    return peak - before
+
+
+def _big_results() -> list[str]:
+    size = int(min(BIG_RESULT_BYTES, psutil.virtual_memory().available / 6)) // 8 * 8
+    method = safe_start_method()
+    contenders = {
+        "labkit WorkerPool": lambda: WorkerPool("process", 1, start_method=method),
+        "concurrent.futures": lambda: concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context(method)),
+    }
+    rows, ratios = [], {}
+    for name, make in contenders.items():
+        with make() as executor:
+            executor.submit(big_array, 8).result()  # started, numpy imported
+            for kind, task in (("numpy array", big_array), ("bytes", big_bytes)):
+                ratio = _peak_while(lambda: executor.submit(task, size).result()) / size
+                ratios[name, kind] = ratio
+                rows.append(f"| {name} | {kind} | {ratio:.2f} x |")
+    gb = size / 1e9
+    ours = [ratios["labkit WorkerPool", kind] for kind in ("numpy array", "bytes")]
+    return [
+        f"### A big result ({gb:,.2f} GB) from one task: the parent's peak memory while it arrives",
+        "",
+        "| executor | result | peak resident memory added, over the result's size |",
+        "|---|---|---|",
+        *rows,
+        "",
+        f"- WorkerPool at most {max(ours):.2f} x the result: target < 2 x: {_verdict(max(ours) < 2)}",
+        "- 1 x is the result itself; anything above is copies made on the way in.",
+    ]
+
+
 def run() -> str:
     """Measure everything; return the Markdown section for RESULTS.md."""
     workers = usable_cores().usable
@@ -251,11 +334,17 @@ def run() -> str:
     finally:
         for executor in executors.values():
             executor.shutdown(wait=True)
-    lines += _handoff(workers)
+    lines += _handoff(workers) + [""]
+    lines += _big_results()
     if note:
         lines += ["", f"_{note}_"]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(run())
+    import sys
+
+    if sys.argv[1:] == ["big"]:  # memory only: safe on a busy machine
+        print("\n".join(_big_results()))
+    else:
+        print(run())

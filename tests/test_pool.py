@@ -15,6 +15,7 @@ from concurrent.futures import CancelledError
 
 import psutil
 import pytest
+import contract_tasks
 import worker_tasks as tasks
 from helpers import wait_until
 from worker_tasks import FAST, START_METHODS
@@ -28,6 +29,7 @@ from labkit.pool import (
     TaskFuture,
     TaskSerializationError,
     TaskTimeoutError,
+    TaskUnpicklingError,
     WorkerCrashedError,
     WorkerPool,
     WorkerStartError,
@@ -180,19 +182,71 @@ def test_submit_with_gives_one_task_its_own_timeout():
         assert unlimited.result(timeout=30) == "done"
 
 
-def test_cancelling_a_running_task_kills_its_worker_and_cancels_the_future():
+def test_cancel_on_a_running_task_returns_false_and_leaves_it_running():
+    with WorkerPool("process", workers=1, start_method=FAST) as pool:
+        running = pool.submit(tasks.sleep_then_return, 0.5, "finished")
+        started(running)
+        assert running.cancel() is False
+        assert not running.cancelled()
+        assert running.result(timeout=30) == "finished"
+        assert pool.stats().cancelled == 0
+
+
+def test_kill_task_on_a_running_task_kills_its_worker_and_cancels_the_future():
     with WorkerPool("process", workers=1, start_method=FAST) as pool:
         running = pool.submit(tasks.sleep_then_return, 60)
         assert isinstance(running, TaskFuture)
         started(running)
         pid = pool.stats().workers[0].pid
-        assert running.cancel() is True
+        assert pool.kill_task(running) is True
         assert running.cancelled()
         with pytest.raises(CancelledError):
             running.result(timeout=1)
         assert wait_until(lambda: not alive(pid))
         assert pool.submit(tasks.square, 3).result(timeout=30) == 9
         assert pool.stats().cancelled == 1
+
+
+def test_kill_task_cannot_stop_a_running_thread_and_says_so(gate):
+    with WorkerPool("thread", workers=1) as pool:
+        running = pool.submit(tasks.wait_for_gate, gate.path, "done")
+        started(running)
+        assert pool.kill_task(running) is False
+        gate.open()
+        assert running.result(timeout=30) == "done"
+
+
+def test_abandoning_a_map_iterator_stops_its_running_tasks(gate, tmp_path):
+    already_open = tmp_path / "open"
+    already_open.touch()
+    with WorkerPool("process", workers=2, start_method=FAST) as pool:
+        results = pool.map(tasks.wait_for_gate, [str(already_open)] + [gate.path] * 4, [1] * 5)
+        assert next(results) == 1
+        assert wait_until(lambda: pool.stats().running == 2)
+        results.close()  # what a `for` loop left by `break`, then garbage-collected, does
+        assert wait_until(lambda: pool.stats().running == 0 and pool.stats().pending == 0)
+        assert pool.stats().cancelled == 4
+
+
+def test_a_result_whose_unpickling_exits_fails_alone_and_the_pool_still_terminates_cleanly():
+    pool = WorkerPool("process", workers=1, start_method=FAST)
+    try:
+        with pytest.raises(TaskUnpicklingError) as caught:
+            pool.submit(contract_tasks.make, contract_tasks.ExitAtUnpickle).result(timeout=30)
+        assert isinstance(caught.value.__cause__, SystemExit)
+        assert pool.submit(tasks.square, 6).result(timeout=30) == 36
+    finally:
+        pool.terminate()  # once raised "stopping -> stopping is not a legal move"
+    assert pool.closed
+
+
+def test_a_crashed_worker_is_catchable_as_broken_process_pool_yet_the_pool_heals():
+    from concurrent.futures.process import BrokenProcessPool
+
+    with WorkerPool("process", workers=1, start_method=FAST) as pool:
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(tasks.kill_myself_on, 1, 1).result(timeout=30)
+        assert pool.submit(tasks.square, 5).result(timeout=30) == 25
 
 
 def test_cancelling_a_pending_task_means_it_never_runs(gate):
@@ -450,6 +504,17 @@ def test_terminate_stops_running_tasks_at_once():
     assert all(f.cancelled() for f in running)
 
 
+@pytest.mark.parametrize("method_name", ["terminate_workers", "kill_workers"])
+def test_python_3_14_names_for_stopping_the_workers_stop_them_at_once(method_name):
+    pool = WorkerPool("process", workers=1, start_method=FAST)
+    running = pool.submit(tasks.sleep_then_return, 60)
+    started(running)
+    began = time.monotonic()
+    getattr(pool, method_name)()
+    assert time.monotonic() - began < 10
+    assert running.cancelled() and pool.closed
+
+
 def test_an_interrupt_during_map_cancels_its_tasks_and_is_reraised():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     pool = WorkerPool("process", workers=2, start_method=FAST)
@@ -501,3 +566,81 @@ def test_workers_exit_when_the_process_that_owns_the_pool_dies(tmp_path):
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------
+# big results
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_big_arrays_and_bytes_come_back_whole_and_arrays_stay_writable(method):
+    np = pytest.importorskip("numpy")
+    with WorkerPool("process", workers=1, start_method=method) as pool:
+        array = pool.submit(np.arange, 600_000, dtype=np.float64).result(timeout=60)  # 4.8 MB
+        data = pool.submit(contract_tasks.big_bytes, 3_000_001).result(timeout=60)
+        several = list(pool.map(np.full, [(2, 300_000)] * 3, [1.5, 2.5, 3.5], chunksize=3))
+    assert array.shape == (600_000,) and array[-1] == 599_999.0
+    array[0] = -1.0  # writable, as an unpickled array always is
+    assert type(data) is bytes and len(data) == 3_000_001 and data.count(7) == len(data)
+    assert [a[1, -1] for a in several] == [1.5, 2.5, 3.5]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak RSS reset")
+def test_receiving_a_big_result_adds_about_its_own_size_to_the_parent():
+    size = 64 * 1024 * 1024
+
+    def peak_added(receive):
+        before = psutil.Process().memory_info().rss
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        result = receive()
+        with open("/proc/self/status") as status:
+            peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+        assert len(result) == size
+        return peak - before
+
+    with WorkerPool("process", workers=1, start_method=FAST) as pool:
+        pool.submit(tasks.square, 1).result(timeout=30)
+        added = peak_added(lambda: pool.submit(contract_tasks.big_bytes, size).result(timeout=60))
+    assert added < 1.5 * size, f"receiving {size} bytes raised the peak by {added} bytes"
+
+
+# --------------------------------------------------------------------------------------------
+# interpreter exit
+
+
+def test_a_notebook_kernel_shuts_down_at_once_with_a_task_running_and_leaves_no_worker():
+    jupyter_client = pytest.importorskip("jupyter_client")
+    manager = jupyter_client.KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    printed: list[str] = []
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        code = textwrap.dedent("""
+            import time
+            from labkit.pool import WorkerPool
+            pool = WorkerPool("process", workers=1, start_method="fork")
+            future = pool.submit(time.sleep, 120)
+            while not future.running():
+                time.sleep(0.02)
+            print(pool.stats().workers[0].pid)
+        """)
+
+        def keep_output(message):
+            if message["msg_type"] == "stream":
+                printed.append(message["content"]["text"])
+
+        client.execute_interactive(code, output_hook=keep_output, timeout=60)
+    finally:
+        client.stop_channels()
+        began = time.monotonic()
+        manager.shutdown_kernel(now=False)  # a polite shutdown_request, as a restart sends
+        took = time.monotonic() - began
+    pid = int("".join(printed).split()[0])
+    assert wait_until(lambda: not alive(pid), timeout=5), "the kernel's worker outlived it"
+    # Jupyter waits up to 5 s for a polite shutdown before it kills the kernel. ipykernel ends
+    # the kernel's children first; the pool's exit hook must then see its task as lost and let
+    # the kernel go, not wait for the two-minute task or keep restarting workers.
+    assert took < 4.5, f"the kernel took {took:.1f} s to shut down"

@@ -3,7 +3,7 @@
 Picture a kitchen. Orders (tasks) go on a rail (the pending queue); one expediter (the dispatcher
 thread) hands each free cook (worker) exactly one order at a time and watches them all. If a cook
 collapses, only the dish in their hands is lost: the expediter reports it and calls in a new cook.
-If a dish takes too long, or the customer cancels it, the expediter sends that cook home and calls
+If a dish takes too long, or the customer calls it off, the expediter sends that cook home and calls
 in a fresh one. This is Node's piscina or ``cluster`` idea, for Python functions.
 
 The process kind, who sends what to whom::
@@ -30,7 +30,7 @@ The process kind, who sends what to whom::
                                         │                               WorkerCrashedError; a new
                                         │                               worker takes the slot
                                         ├── deadline passed, or ──────▶ SIGKILL that worker; its task
-                                        │   cancel() while running      fails with TaskTimeoutError
+                                        │   kill_task() while running   fails with TaskTimeoutError
                                         │                               or is cancelled; new worker
                                         └── shutdown ──── b"" (stop) ─▶ each exits; join; kill what
                                                                         lingers
@@ -42,6 +42,13 @@ Only one task is in flight per worker: a worker gets its next task after it has 
 costs one pipe round-trip per task (tens of microseconds), and buys exact failure semantics: a
 crash or a timeout loses exactly the one task that caused it, and a long task never holds short
 ones hostage behind it. For many tiny tasks, ``map(..., chunksize=n)`` sends n calls per trip.
+
+What a result costs: a small one is pickled in the worker and unpickled here, as usual. A big
+numpy array (any buffer of 1 MiB or more that pickle protocol 5 can hand out of band) or a big
+``bytes`` result is not copied into a pickle: the worker writes it straight from its memory and
+the dispatcher reads it straight into the memory the result keeps, so receiving an N-byte result
+adds about N bytes to this process, not two or three times that (``benchmarks/bench_pool.py big``
+measures it). The worker holds its own N bytes until it has sent them.
 
 Functions and arguments travel with cloudpickle, so functions and lambdas defined in a notebook
 (module ``__main__``) work under every start method; importable functions go by name as usual.
@@ -64,6 +71,7 @@ from ._executor import (
     PoolClosedError,
     WorkerStartError,
     TaskSerializationError,
+    TaskUnpicklingError,
     TaskExitError,
     RemoteTraceback,
     describe_exit,
@@ -82,6 +90,7 @@ __all__ = [
     "PoolClosedError",
     "WorkerStartError",
     "TaskSerializationError",
+    "TaskUnpicklingError",
     "TaskExitError",
     "RemoteTraceback",
     "describe_exit",

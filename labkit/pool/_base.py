@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import enum
 import math
+import pickle
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,8 +27,13 @@ from ..errors import LabkitError
 # errors
 
 
-class WorkerCrashedError(LabkitError, RuntimeError):
+class WorkerCrashedError(LabkitError, BrokenProcessPool):
     """A worker process died while it ran this task; only this task fails.
+
+    It is a :class:`concurrent.futures.process.BrokenProcessPool`, so code written for
+    ``ProcessPoolExecutor`` (or loky, whose ``TerminatedWorkerError`` does the same) catches it.
+    But here the pool is not broken, only the task is: a new worker takes the dead one's place
+    and the pool keeps serving.
 
     Attributes:
         pid: the dead worker's process id.
@@ -52,12 +59,33 @@ class PoolClosedError(LabkitError, RuntimeError):
     """Work was submitted to a pool that is shut down (or shutting down)."""
 
 
-class WorkerStartError(LabkitError, RuntimeError):
-    """Workers could not start (the initializer raised, or they kept dying at start-up)."""
+class WorkerStartError(LabkitError, BrokenProcessPool):
+    """Workers could not start (the initializer raised, or they kept dying at start-up).
+
+    A :class:`concurrent.futures.process.BrokenProcessPool`, as ``ProcessPoolExecutor`` raises
+    when its initializer fails: this pool is broken for good and refuses further work.
+    """
 
 
-class TaskSerializationError(LabkitError, TypeError):
-    """A task's function, arguments, result or exception could not travel between processes."""
+class TaskSerializationError(LabkitError, TypeError, pickle.PicklingError):
+    """A task's function or arguments (in this process), or its result (in the worker), could not
+    be pickled.
+
+    It is both a ``TypeError`` and a :class:`pickle.PicklingError`, the two errors pickling raises
+    for what cannot travel, so code written for ``ProcessPoolExecutor`` catches it as before. A
+    pickling failure of another type (say a ``ValueError`` from a class's ``__reduce__``) comes
+    back as itself, with the explanation added as a note.
+    """
+
+
+class TaskUnpicklingError(LabkitError, BrokenProcessPool):
+    """A task could not be unpickled in its worker, or its result could not be unpickled here.
+
+    ``ProcessPoolExecutor`` calls its pool broken in these cases, so this is a
+    :class:`concurrent.futures.process.BrokenProcessPool` too; but only this task fails and the
+    pool keeps serving. The error that unpickling raised (even a ``SystemExit``) is the
+    ``__cause__``.
+    """
 
 
 class TaskExitError(LabkitError, RuntimeError):
@@ -69,7 +97,7 @@ class TaskExitError(LabkitError, RuntimeError):
 
 
 for _cls in (WorkerCrashedError, TaskTimeoutError, QueueFullError, PoolClosedError,
-             WorkerStartError, TaskSerializationError, TaskExitError):
+             WorkerStartError, TaskSerializationError, TaskUnpicklingError, TaskExitError):
     _cls.__module__ = "labkit.pool"  # where users import them from; shows in tracebacks
 
 # --------------------------------------------------------------------------------------------
@@ -383,12 +411,12 @@ class _CancelsTasks(Protocol):
 
 
 class TaskFuture(Future):
-    """A :class:`concurrent.futures.Future` whose ``cancel()`` also stops a *running* task.
+    """The :class:`concurrent.futures.Future` of a process pool's task.
 
-    A plain future refuses to cancel once its task runs, because a thread cannot be stopped from
-    outside. A process can: the pool kills the worker running the task and starts a new one. So
-    ``cancel()`` here returns ``True`` for a pending or a running task, and ``False`` only once
-    the task has finished.
+    ``cancel()`` keeps the standard contract: it succeeds while the task waits for a worker and
+    returns ``False`` once the task runs. A running task can still be stopped, by the pool that
+    runs it: :meth:`labkit.pool.WorkerPool.kill_task` kills its worker, and the future then ends
+    cancelled.
     """
 
     def __init__(self, backend: _CancelsTasks, task: Any) -> None:
@@ -397,14 +425,12 @@ class TaskFuture(Future):
         self._task = task
 
     def cancel(self) -> bool:
-        """Cancel the task: drop it if pending, kill its worker if running. ``False`` if done."""
+        """Cancel the task if it has not started; ``False`` if it runs or has finished."""
+        task = self._task
         if super().cancel():
-            self._backend.forget_pending(self._task)  # idempotent: counts each task once
+            self._backend.forget_pending(task)  # idempotent: counts each task once
             return True
-        if self._backend.stop_running(self._task):
-            self._mark_cancelled()
-            return True
-        return self.cancelled()
+        return False
 
     def _mark_cancelled(self) -> None:
         # Moving a RUNNING future to cancelled is not something Future offers, so this does what

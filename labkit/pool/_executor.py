@@ -26,6 +26,7 @@ from ._base import (
     TaskFuture,
     TaskSerializationError,
     TaskTimeoutError,
+    TaskUnpicklingError,
     Tuning,
     WorkerCrashedError,
     WorkerStartError,
@@ -35,7 +36,7 @@ from ._base import (
     label,
 )
 from ._progress import make_progress
-from ._worker import run_chunk
+from ._worker import InitPayload, run_chunk
 from ..cores import check_start_method, resolve_workers
 from ..errors import ConfigurationError
 
@@ -52,6 +53,7 @@ __all__ = [
     "PoolClosedError",
     "WorkerStartError",
     "TaskSerializationError",
+    "TaskUnpicklingError",
     "TaskExitError",
     "RemoteTraceback",
     "describe_exit",
@@ -112,13 +114,71 @@ class WorkerPool(Executor):
             the task (process kind only). A task past it is stopped by killing its worker, and
             fails with :class:`TaskTimeoutError`.
         initializer, initargs: called as ``initializer(*initargs)`` in each worker at start.
+            ``multiprocessing`` queues, locks, values and events may be among ``initargs``, as
+            with ``ProcessPoolExecutor``: workers inherit them at start.
+        max_tasks_per_child: a worker process that has run this many tasks exits and a fresh one
+            takes its place (process kind; as in ``ProcessPoolExecutor`` since Python 3.11).
+            Useful when tasks leak memory or other resources. ``None``: workers live as long as
+            the pool. Each planned replacement counts in ``stats().restarts``.
 
     Workers start on the first ``submit``/``map``, not here. Use the pool in a ``with`` block, or
     call :meth:`shutdown`: either way no worker outlives it. A pool that is garbage-collected
-    without shutdown is shut down then (its pending tasks still run first).
+    without shutdown is shut down then (its pending tasks still run first). At a script's
+    normal exit, the work already submitted is finished before the workers stop.
 
     >>> with WorkerPool("process", workers=2) as pool:          # doctest: +SKIP
     ...     squares = list(pool.map(lambda x: x * x, range(10)))
+
+    **Same contract as concurrent.futures.** Code written for ``ProcessPoolExecutor`` or
+    ``ThreadPoolExecutor`` runs unchanged, and catches the same errors. What each stage's failure
+    raises (tests/test_pool_contract.py checks both columns):
+
+    ============================================  ======================  ==========================
+    what fails (process kind)                     ProcessPoolExecutor     WorkerPool
+    ============================================  ======================  ==========================
+    the task does not pickle here                 the pickling error      the same type, from
+                                                                          ``submit`` (fails fast):
+                                                                          TaskSerializationError
+                                                                          for TypeError and
+                                                                          PicklingError, else the
+                                                                          original with a note
+    the task does not unpickle in the worker      BrokenProcessPool       TaskUnpicklingError (a
+                                                                          BrokenProcessPool; the
+                                                                          original is its cause)
+    the task raises                               the exception           the exception
+    ... an exception that does not pickle there   the pickling error      TaskSerializationError
+    ... an exception that does not unpickle here  BrokenProcessPool       TaskUnpicklingError
+    the worker dies (crash, os._exit, SIGKILL)    BrokenProcessPool       WorkerCrashedError (a
+                                                                          BrokenProcessPool)
+    the result does not pickle in the worker      the pickling error      as for the task, above
+    the result does not unpickle here             BrokenProcessPool       TaskUnpicklingError
+    the initializer raises                        BrokenProcessPool       WorkerStartError (a
+                                                                          BrokenProcessPool)
+    ============================================  ======================  ==========================
+
+    **Differences from concurrent.futures**, all deliberate:
+
+    - A ``SystemExit`` or ``KeyboardInterrupt`` raised by a task (or by pickling it or its result)
+      comes back as :class:`TaskExitError`, so ``sys.exit()`` in a task cannot end a notebook's
+      kernel or your script.
+    - A crash, or a task or result that does not unpickle, fails only that task: the pool starts
+      a new worker and keeps serving, where ``ProcessPoolExecutor`` breaks the whole pool and
+      fails every pending task. The error is still a ``BrokenProcessPool``.
+    - ``workers`` counts the cores you may use (affinity and cgroup quota), not the machine's
+      (``max_workers=None`` is ``os.cpu_count()``); ``-1`` means all of them but one.
+    - The default start method is ``forkserver`` (or ``LABKIT_START_METHOD``), never ``fork``,
+      which is unsafe in a process with threads. ``max_tasks_per_child`` works with ``fork`` too.
+    - An error, an interrupt or an abandoned iterator of :meth:`map` stops the map's running
+      tasks too (their workers are killed and replaced), not only its pending ones.
+    - Functions defined in a notebook or in a script's ``__main__`` travel by value (cloudpickle),
+      each with the globals it uses as they are at ``submit`` time, instead of by name. So a
+      global that the initializer (or an earlier task) sets in a worker is not seen by such a
+      function, where ``ProcessPoolExecutor`` (which sends them by name) would see it. Keep
+      such per-worker state in an importable module.
+
+    Everything else is an addition: per-task ``timeout``, ``max_queue``, :meth:`kill_task`,
+    :meth:`stats`, ``map(progress=..., return_exceptions=...)``, functions and lambdas defined in
+    a notebook under every start method (they travel by cloudpickle).
     """
 
     def __init__(
@@ -132,6 +192,7 @@ class WorkerPool(Executor):
         timeout: float | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: Iterable[Any] = (),
+        max_tasks_per_child: int | None = None,
     ) -> None:
         self._kind = _check_kind(kind)
         self._workers = resolve_workers(workers)
@@ -142,6 +203,14 @@ class WorkerPool(Executor):
         if initializer is not None and not callable(initializer):
             raise ConfigurationError(f"initializer must be callable, got {initializer!r}")
         initargs = tuple(initargs)
+        if max_tasks_per_child is not None:
+            if not _is_int(max_tasks_per_child) or max_tasks_per_child < 1:
+                raise ConfigurationError(
+                    f"max_tasks_per_child must be a positive integer or None, got {max_tasks_per_child!r}")
+            if self._kind != "process":
+                raise ConfigurationError(
+                    f"max_tasks_per_child applies to kind='process' only: a {self._kind} pool does "
+                    "not replace its workers")
         self._on_full = on_full
         self._timeout = self._check_timeout(timeout, "timeout")
         self._finalizer: weakref.finalize | None = None
@@ -158,6 +227,7 @@ class WorkerPool(Executor):
                 on_full=on_full,
                 init_payload=_pickle_initializer(initializer, initargs),
                 tuning=_TUNING,
+                max_tasks_per_child=max_tasks_per_child,
             )
         else:
             if start_method is not None:
@@ -204,9 +274,9 @@ class WorkerPool(Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` and return a :class:`~concurrent.futures.Future`.
 
-        For the process kind the future is a :class:`TaskFuture`: ``cancel()`` also stops a task
-        that is already running. The pool's ``timeout`` applies; for a different limit on one task,
-        use :meth:`submit_with`.
+        ``cancel()`` on it works as usual: only while the task waits for a worker. To stop a
+        task that already runs (process kind), call :meth:`kill_task`. The pool's ``timeout``
+        applies; for a different limit on one task, use :meth:`submit_with`.
         """
         return self._submit(fn, args, kwargs, timeout=self._timeout, block=self._on_full == "wait")
 
@@ -247,8 +317,10 @@ class WorkerPool(Executor):
                 so that one bad item does not hide the others' results.
 
         The first error raised (without ``return_exceptions``), an interrupt (Ctrl-C, or the
-        notebook's stop button) or abandoning the iterator cancels every task of this map that has
-        not finished, including running ones in the process kind, and re-raises.
+        notebook's stop button) or abandoning the iterator once it has started cancels every task
+        of this map that has not finished, including running ones in the process kind (as
+        :meth:`kill_task` does; ``concurrent.futures`` cancels only pending ones), and re-raises.
+        Like the standard library's, the iterator drops each result once it has yielded it.
         """
         if not _is_int(chunksize) or chunksize < 1:
             raise ConfigurationError(f"chunksize must be a positive integer, got {chunksize!r}")
@@ -273,11 +345,38 @@ class WorkerPool(Executor):
                 _follow(bar, futures)
         except BaseException:
             for future, _ in futures:
-                future.cancel()
+                self._stop_for_map(future)
             if bar is not None:
                 bar.close(ok=False)
             raise
-        return _results(futures, deadline, chunksize > 1, bar, return_exceptions)
+        return _results(futures, deadline, chunksize > 1, bar, return_exceptions, self._stop_for_map)
+
+    def kill_task(self, future: Future) -> bool:
+        """Stop one task of this pool now, even a running one; ``True`` if it ends cancelled.
+
+        ``future.cancel()`` keeps the standard contract: it cancels a task that has not started
+        and returns ``False`` for a running one (so ``asyncio.wrap_future`` and friends stay
+        correct). This is the explicit way to stop a running task, in the spirit of Python 3.14's
+        ``ProcessPoolExecutor.kill_workers()`` but for one task: a pending task is cancelled; a
+        running task of the process kind has its worker killed (SIGKILL) and replaced, and its
+        future ends cancelled. Threads cannot be killed: for the thread kind a running task
+        keeps running and this returns ``False``. ``False`` as well once the task has finished.
+        """
+        if future.cancel():
+            return True
+        stop = getattr(self._backend, "stop_running", None)
+        if not isinstance(future, TaskFuture) or stop is None or future._backend is not self._backend:
+            return future.cancelled()
+        task = future._task
+        if task is not None and stop(task):
+            future._mark_cancelled()
+            return True
+        return future.cancelled()
+
+    def _stop_for_map(self, future: Future) -> None:
+        # map's own tasks: an error, an interrupt or an abandoned iterator stops running ones too
+        # (a listed difference from concurrent.futures, whose map only cancels pending ones).
+        self.kill_task(future)
 
     def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, *, timeout: float | None,
                 block: bool, name: str | None = None, origin: Callable[..., Any] | None = None) -> Future:
@@ -295,7 +394,7 @@ class WorkerPool(Executor):
         with self._finalizer_lock:
             if self._finalizer is None:
                 self._finalizer = weakref.finalize(self, _shut_down_quietly, self._backend)
-                self._finalizer.atexit = False  # exit is _terminate_live_pools's job
+                self._finalizer.atexit = False  # exit is _finish_live_pools's job
                 _track(self._backend)
 
     def _check_timeout(self, timeout: float | None, name: str) -> float | None:
@@ -343,6 +442,16 @@ class WorkerPool(Executor):
         if self._finalizer is not None:
             self._finalizer.detach()
 
+    def terminate_workers(self) -> None:
+        """Python 3.14's ``ProcessPoolExecutor.terminate_workers()``, for code written for it:
+        :meth:`terminate`."""
+        self.terminate()
+
+    def kill_workers(self) -> None:
+        """Python 3.14's ``ProcessPoolExecutor.kill_workers()``, for code written for it:
+        :meth:`terminate` (which already kills with SIGKILL)."""
+        self.terminate()
+
     def __enter__(self) -> WorkerPool:
         return self
 
@@ -389,13 +498,25 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple) -> bytes | None:
+def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple) -> InitPayload | None:
+    """The initializer and its arguments, ready to hand to each new worker process.
+
+    The function goes by cloudpickle (it may be defined in a notebook). The arguments do too when
+    they can; when they cannot, for instance a ``multiprocessing.Queue``, ``Lock``, ``Value`` or
+    ``Event``, which refuse to be pickled except while a process is being started, they are
+    handed over as they are, as ``ProcessPoolExecutor`` does: inherited under fork, pickled by
+    multiprocessing itself at start under spawn and forkserver.
+    """
     if initializer is None:
         return None
     try:
-        return cloudpickle.dumps((initializer, initargs))
+        function = cloudpickle.dumps(initializer)
     except Exception as exc:  # noqa: BLE001
         raise TaskSerializationError(f"cannot send the initializer to worker processes: {exc}") from exc
+    try:
+        return InitPayload(function, cloudpickle.dumps(initargs), pickled=True)
+    except Exception:  # noqa: BLE001 - multiprocessing's primitives travel only at process start
+        return InitPayload(function, initargs, pickled=False)
 
 
 def _shut_down_quietly(backend: PoolBackend) -> None:
@@ -403,10 +524,10 @@ def _shut_down_quietly(backend: PoolBackend) -> None:
     backend.shutdown(wait=False)
 
 
-# Pools in use, so that interpreter exit can stop them. The exit hook is registered by the first
+# Pools in use, so that interpreter exit can finish them. The exit hook is registered by the first
 # pool that runs a task (never at import). atexit runs hooks last-registered first, so ours runs
 # before multiprocessing's own, which would otherwise terminate our workers while our dispatcher
-# is still reaping and replacing them.
+# is still running their tasks, reaping and replacing them.
 _live_backends: weakref.WeakSet = weakref.WeakSet()
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
@@ -417,33 +538,50 @@ def _track(backend: PoolBackend) -> None:
     with _exit_hook_lock:
         _live_backends.add(backend)
         if not _exit_hook_registered:
-            atexit.register(_terminate_live_pools)
+            atexit.register(_finish_live_pools)
             _exit_hook_registered = True
 
 
-def _terminate_live_pools() -> None:
-    """At interpreter exit: nobody can collect results any more, so stop every pool now."""
+def _finish_live_pools() -> None:
+    """At a normal interpreter exit: run what was submitted to its end, then stop the workers.
+
+    As the standard library's executors do: a script that submits work and falls off its end
+    still gets that work done (with or without ``shutdown(wait=False)`` before). A second Ctrl-C
+    while waiting stops everything at once. A notebook kernel that is shut down or restarted
+    loses its children first (ipykernel terminates them), so its pools end at once here. A
+    kernel that dies without a normal exit never gets here; its workers notice through
+    labkit._lifeline and exit on their own.
+    """
     for backend in list(_live_backends):
-        if not backend.closed or backend.kind == "process":
+        try:
             try:
+                backend.shutdown(wait=True)
+            except KeyboardInterrupt:
                 backend.terminate()
-            except Exception as exc:  # noqa: BLE001 - one broken pool must not keep the others alive
-                print(f"labkit: could not stop a {backend.kind} pool at exit: {exc!r}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one broken pool must not keep the others alive
+            print(f"labkit: could not stop a {backend.kind} pool at exit: {exc!r}", file=sys.stderr)
 
 
 def _follow(bar, futures: list[tuple[Future, int]]) -> None:
-    """Advance ``bar`` as futures finish; close it when the last one has."""
+    """Advance ``bar`` as futures finish; close it when the last one has.
+
+    The callbacks hold only counters, never the futures themselves, so that a finished result
+    is freed as soon as the map's reader has taken it.
+    """
     left = [len(futures)]
+    failed = [False]
     lock = threading.Lock()
 
     def done(future: Future, size: int) -> None:
+        bad = future.cancelled() or future.exception() is not None
         if not future.cancelled():
             bar.advance(size)
         with lock:
             left[0] -= 1
+            failed[0] = failed[0] or bad
             last = left[0] == 0
         if last:
-            bar.close(ok=not any(f.cancelled() or f.exception() is not None for f, _ in futures))
+            bar.close(ok=not failed[0])
 
     if not futures:
         bar.close()
@@ -452,10 +590,14 @@ def _follow(bar, futures: list[tuple[Future, int]]) -> None:
 
 
 def _results(futures: list[tuple[Future, int]], deadline: float | None, chunked: bool, bar,
-             return_exceptions: bool) -> Iterator[Any]:
+             return_exceptions: bool, stop: Callable[[Future], Any]) -> Iterator[Any]:
+    # Futures are taken off the list as they are yielded (like the standard library's map), so
+    # each result can be freed once the reader is done with it, not when the whole map is.
+    futures.reverse()
     finished = False
     try:
-        for future, size in futures:
+        while futures:
+            future, size = futures[-1]  # popped once read: until then, still this map's to stop
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 value = future.result(wait)
@@ -463,13 +605,16 @@ def _results(futures: list[tuple[Future, int]], deadline: float | None, chunked:
                 if not return_exceptions or not future.done():  # not done: the map's own deadline
                     raise
                 value = [exc] * size if chunked else exc
+            futures.pop()
+            del future
             if chunked:
                 yield from value
             else:
                 yield value
+            del value
         finished = True
     finally:
         for future, _ in futures:
-            future.cancel()  # no-op for finished ones; stops the rest (interrupt, error, abandon)
+            stop(future)  # no-op for finished ones; stops the rest (interrupt, error, abandon)
         if bar is not None:
             bar.close(ok=finished)

@@ -13,6 +13,7 @@ and :mod:`labkit.pool._worker`. Here is the machinery:
 
 from __future__ import annotations
 
+import io
 import linecache
 import os
 import pickle
@@ -40,6 +41,7 @@ from ._base import (
     TaskFuture,
     TaskSerializationError,
     TaskTimeoutError,
+    TaskUnpicklingError,
     Tuning,
     WorkerCrashedError,
     WorkerStartError,
@@ -86,6 +88,7 @@ class _Slot(SlotTally):
         self.conn_open = False
         self.pid: int | None = None
         self.task: _Task | None = None
+        self.tasks_by_this_process = 0  # for max_tasks_per_child
 
     def move(self, new: WorkerState) -> None:
         """Move to ``new``; an illegal move raises :class:`labkit._exits.IllegalMoveError`."""
@@ -98,12 +101,14 @@ class ProcessBackend(QueueLimit):
     kind = "process"
 
     def __init__(self, *, workers: int, context, max_queue: int | None, on_full: str,
-                 init_payload: bytes | None, tuning: Tuning) -> None:
+                 init_payload: worker.InitPayload | None, tuning: Tuning,
+                 max_tasks_per_child: int | None = None) -> None:
         self.workers = workers
         self.context = context
         self._max_queue = max_queue
         self._on_full = on_full
         self._init_payload = init_payload
+        self._max_tasks_per_child = max_tasks_per_child
         self._tuning = tuning
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # notified when the queue shrinks or closes
@@ -130,12 +135,11 @@ class ProcessBackend(QueueLimit):
                timeout: float | None, block: bool, origin: Callable[..., Any] | None = None) -> Future:
         try:
             payload = cloudpickle.dumps((fn, args, kwargs))
-        except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
-            raise TaskSerializationError(
-                f"cannot send {name} to a worker process: {exc}. The function and its arguments "
-                "travel by pickle; locks, open files, sockets and generators cannot. Pass plain "
-                "data, and create such objects inside the task."
-            ) from exc
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - pickling raises many kinds
+            error = _task_pickling_error(name, exc)
+            if error is exc:
+                raise
+            raise error from exc
         task = _Task(payload, name, origin or fn, timeout)
         task.future = TaskFuture(self, task)
         with self._lock:
@@ -161,7 +165,7 @@ class ProcessBackend(QueueLimit):
                 self._room.notify_all()
 
     def stop_running(self, task: _Task) -> bool:
-        """Kill the worker running ``task`` (``future.cancel()``); ``False`` if it is not running."""
+        """Kill the worker running ``task`` (``WorkerPool.kill_task``); ``False`` if it is not running."""
         with self._lock:
             slot = task.slot
             if slot is None or slot.task is not task:
@@ -170,7 +174,8 @@ class ProcessBackend(QueueLimit):
                 return task.stop_reason == CANCELLED
             task.stop_reason = CANCELLED
             self._cancelled += 1
-            slot.move(WorkerState.STOPPING)
+            if LIFECYCLE.allows(slot.state, WorkerState.STOPPING):
+                slot.move(WorkerState.STOPPING)
             _kill(slot)
         return True
 
@@ -198,7 +203,8 @@ class ProcessBackend(QueueLimit):
                 if task is not None and task.stop_reason is None:
                     task.stop_reason = CANCELLED
                     self._cancelled += 1
-                    slot.move(WorkerState.STOPPING)
+                    if LIFECYCLE.allows(slot.state, WorkerState.STOPPING):
+                        slot.move(WorkerState.STOPPING)
                     _kill(slot)
                     running.append(task)
             dispatcher = self._dispatcher
@@ -320,29 +326,39 @@ class ProcessBackend(QueueLimit):
             slot.restarts += 1
         slot.move(WorkerState.STARTING)
         slot.process, slot.conn, slot.conn_open, slot.pid = process, parent_end, True, process.pid
+        slot.tasks_by_this_process = 0
 
     # ----------------------------------------------------------------------------------------
     # the dispatcher thread
 
     def _serve(self) -> None:
         try:
-            while True:
-                with self._lock:
-                    if self._finished():
-                        break
-                    assigned = self._assign()
-                    waitables = self._waitables()
-                    timeout = self._seconds_to_next_deadline()
-                for slot, task in assigned:
-                    self._send(slot, task)
-                ready = wait_for_ready(waitables, timeout)
-                self._handle(ready)
-                self._expire_deadlines()
+            while self._turn():
+                pass
         except BaseException as exc:
             self._fail_everything(LabkitError(f"the pool's dispatcher stopped unexpectedly: {exc!r}"))
             raise
         finally:
             self._stop_workers()
+
+    def _turn(self) -> bool:
+        """One turn of the dispatcher: hand out tasks, sleep, handle what woke it. ``False``: done.
+
+        A method of its own so that its locals (the tasks it just sent, with their functions and
+        arguments) die at the end of each turn instead of living until the next task is sent.
+        """
+        with self._lock:
+            if self._finished():
+                return False
+            assigned = self._assign()
+            waitables = self._waitables()
+            timeout = self._seconds_to_next_deadline()
+        self._send_all(assigned)
+        del assigned
+        ready = wait_for_ready(waitables, timeout)
+        self._handle(ready)
+        self._expire_deadlines()
+        return True
 
     def _finished(self) -> bool:
         if not self._closing or any(slot.task is not None for slot in self._slots):
@@ -386,6 +402,10 @@ class ProcessBackend(QueueLimit):
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
+    def _send_all(self, assigned: list[tuple[_Slot, _Task]]) -> None:
+        for slot, task in assigned:
+            self._send(slot, task)
+
     def _send(self, slot: _Slot, task: _Task) -> None:
         payload, task.payload = task.payload, None
         try:
@@ -413,7 +433,11 @@ class ProcessBackend(QueueLimit):
     def _read(self, slot: _Slot) -> None:
         try:
             while slot.conn_open and slot.conn.poll():
-                self._on_message(slot, pickle.loads(slot.conn.recv_bytes()))
+                message = pickle.loads(slot.conn.recv_bytes())
+                if message[0] in (worker.RESULT_BUFFERS, worker.RESULT_BYTES):
+                    message = _receive_raw(slot.conn, message)
+                self._on_message(slot, message)
+                del message
         except (EOFError, OSError):
             slot.conn_open = False
 
@@ -441,11 +465,17 @@ class ProcessBackend(QueueLimit):
         if task is None:
             return
         result, error = _decode(task, message)
+        task.origin = None  # the user's function (and what it holds) is no longer needed here
         with self._lock:
             if slot.task is not task or task.stop_reason is not None:
                 return  # timed out or cancelled while the reply was on its way
             slot.task = None
             slot.move(WorkerState.IDLE)
+            slot.tasks_by_this_process += 1
+            retire = (self._max_tasks_per_child is not None
+                      and slot.tasks_by_this_process >= self._max_tasks_per_child)
+            if retire:
+                slot.move(WorkerState.STOPPING)  # _reap starts its successor once it has exited
             run = now - task.started
             slot.count_task(run)
             self._waits.append(task.started - task.submitted)
@@ -454,7 +484,9 @@ class ProcessBackend(QueueLimit):
                 self._succeeded += 1
             else:
                 self._raised += 1
-        settle(task.future, result=result, error=error)
+        if retire:
+            _ask_to_stop(slot)
+        _settle(task, result=result, error=error)
 
     def _reap(self, slot: _Slot) -> None:
         process = slot.process
@@ -467,6 +499,8 @@ class ProcessBackend(QueueLimit):
         exitcode = process.exitcode
         with self._lock:
             task, slot.task = slot.task, None
+            if task is not None:
+                task.origin = None
             boot_failed = slot.state is WorkerState.STARTING
             slot.move(WorkerState.EXITED)
             crashed = task is not None and task.stop_reason is None
@@ -479,7 +513,7 @@ class ProcessBackend(QueueLimit):
         slot.process = slot.conn = None
         slot.conn_open = False
         if crashed:
-            settle(task.future, error=WorkerCrashedError(
+            _settle(task, error=WorkerCrashedError(
                 f"the worker process running {task.name} (pid {slot.pid}) died: "
                 f"{_sentence(describe_exit(exitcode))} Only this task failed; a new worker took its place.",
                 pid=slot.pid, exitcode=exitcode))
@@ -510,12 +544,13 @@ class ProcessBackend(QueueLimit):
                 if (task is not None and task.stop_reason is None and task.deadline is not None
                         and now >= task.deadline):
                     task.stop_reason = TIMED_OUT
+                    task.origin = None
                     self._timed_out += 1
                     slot.move(WorkerState.STOPPING)
                     _kill(slot)
                     expired.append(task)
         for task in expired:
-            settle(task.future, error=TaskTimeoutError(
+            _settle(task, error=TaskTimeoutError(
                 f"{task.name} ran longer than its timeout of {task.timeout:g} s, so its worker was "
                 "stopped and replaced. Give it more time (WorkerPool(timeout=...), or "
                 "submit_with(..., timeout=...)) or split the work into smaller tasks."))
@@ -533,16 +568,19 @@ class ProcessBackend(QueueLimit):
             self._room.notify_all()
         for task in tasks:
             task.in_queue = False
-            settle(task.future, error=error)
+            _settle(task, error=error)
 
     def _fail_everything(self, error: BaseException) -> None:
         with self._lock:
             self._closing = True
             tasks = list(self._pending) + [s.task for s in self._slots if s.task is not None]
             self._pending.clear()
+            self._pending_cancelled = 0
+            for slot in self._slots:
+                slot.task = None
             self._room.notify_all()
         for task in tasks:
-            settle(task.future, error=error)
+            _settle(task, error=error)
 
     def _stop_workers(self) -> None:
         """Ask every worker to exit, give them a moment, then insist."""
@@ -590,8 +628,47 @@ class ProcessBackend(QueueLimit):
                 pass  # the dispatcher has exited: nobody left to wake
 
 
+def _task_pickling_error(name: str, exc: BaseException) -> BaseException:
+    """What ``submit`` raises when a task does not pickle: catchable as what pickling raised.
+
+    ``ProcessPoolExecutor`` fails such a task with the pickling error itself. A ``TypeError`` or
+    ``PicklingError`` (the usual kinds) becomes a :class:`TaskSerializationError`, which is both;
+    another error is raised as itself with the advice as a note; a ``SystemExit`` from a
+    ``__reduce__`` becomes :class:`TaskExitError`, so that it cannot end a notebook's kernel.
+    """
+    advice = (f"cannot send {name} to a worker process: {exc}. The function and its arguments "
+              "travel by pickle; locks, open files, sockets and generators cannot. Pass plain "
+              "data, and create such objects inside the task.")
+    if isinstance(exc, (TypeError, pickle.PicklingError)):
+        return TaskSerializationError(advice)
+    if isinstance(exc, Exception):
+        exc.add_note(advice)
+        return exc
+    return TaskExitError(f"pickling {name} raised {type(exc).__name__}({exc}) in this process; "
+                         "it was stopped so that it cannot end the program")
+
+
 def _sentence(text: str) -> str:
     return text if text.endswith(("?", "!", ".")) else text + "."
+
+
+def _settle(task: _Task, *, result: Any = None, error: BaseException | None = None) -> None:
+    """Give ``task``'s future its outcome, then cut the future's link back to the task.
+
+    The future and the task point at each other; once the outcome is set, the future no longer
+    needs the task, and without the cycle a result is freed as soon as its reader drops it.
+    """
+    future = task.future
+    settle(future, result=result, error=error)
+    task.origin = None
+    future._task = None
+
+
+def _ask_to_stop(slot: _Slot) -> None:
+    try:
+        slot.conn.send_bytes(worker.STOP)
+    except (OSError, AttributeError):
+        pass  # already gone: _reap handles it the same way
 
 
 def _kill(slot: _Slot) -> None:
@@ -602,31 +679,91 @@ def _kill(slot: _Slot) -> None:
 
 
 def _decode(task: _Task, message: tuple) -> tuple[Any, BaseException | None]:
-    """Turn a worker's reply into (result, None) or (None, exception with its remote traceback)."""
+    """Turn a worker's reply into (result, None) or (None, exception with its remote traceback).
+
+    Runs on the dispatcher thread, so nothing that unpickling raises, not even ``SystemExit``,
+    may escape: it becomes that one task's :class:`TaskUnpicklingError`.
+    """
     name = task.name
-    if message[0] == worker.RESULT:
+    if message[0] in (worker.RESULT, worker.RESULT_BUFFERS, worker.RESULT_BYTES):
         try:
+            if message[0] == worker.RESULT_BYTES:
+                return message[1], None
+            if message[0] == worker.RESULT_BUFFERS:
+                return pickle.loads(message[1], buffers=message[2]), None
             return pickle.loads(message[1]), None
-        except Exception as exc:  # noqa: BLE001
-            error = TaskSerializationError(f"the result of {name} could not be unpickled here: {exc!r}")
-            error.__cause__ = exc
-            return None, error
+        except BaseException as exc:  # noqa: BLE001 - a result's __reduce__ may raise anything
+            return None, _unpickling_error(
+                f"the result of {name} could not be unpickled here: {exc!r}. Only this task "
+                "failed; the pool keeps serving.", exc)
     _, exc_bytes, type_name, text, tb = message
-    error = None
-    if exc_bytes is not None:
-        try:
-            error = pickle.loads(exc_bytes)
-        except Exception:  # noqa: BLE001 - e.g. an exception class whose __init__ wants other args
-            error = None
+    if message[0] == worker.UNPICKLE_FAILED:
+        original = _load_exception(exc_bytes)
+        if original is not None:
+            original.__cause__ = RemoteTraceback(tb)
+        error = _unpickling_error(
+            f"{name} could not be unpickled in its worker: {type_name}: {text}. A class or module "
+            "it needs may be missing there, or an argument's __reduce__ failed. Only this task "
+            "failed; the pool keeps serving.", original if original is not None else RemoteTraceback(tb))
+        return None, error
+    error = _load_exception(exc_bytes)
     if not isinstance(error, Exception):
         if isinstance(error, BaseException):  # SystemExit, KeyboardInterrupt
             error = TaskExitError(f"{name} raised {type_name}({text}) in its worker")
-        else:
+        elif exc_bytes is None:  # it did not pickle in the worker: ProcessPoolExecutor says so too
             error = TaskSerializationError(
-                f"{name} raised {type_name}: {text} (the exception could not be sent back intact; "
-                "its traceback is above)")
+                f"{name} raised {type_name}: {text} (the exception could not be pickled to be sent "
+                "back; its traceback is above)")
+        else:  # it did not unpickle here: ProcessPoolExecutor calls its pool broken
+            error = TaskUnpicklingError(
+                f"{name} raised {type_name}: {text} (the exception could not be unpickled here, "
+                "for instance a class whose __init__ wants other arguments; its traceback is "
+                "above). Only this task failed; the pool keeps serving.")
     error.__cause__ = RemoteTraceback(_restore_sources(tb, task.origin))
     return None, error
+
+
+def _receive_raw(conn: Connection, header: tuple) -> tuple:
+    """Read the raw data that follows a big result's header, each buffer into its final memory.
+
+    Buffers of an array land in a ``bytearray`` that the unpickled array then uses as it is
+    (writable, like any array). A ``bytes`` result lands in the buffer of a ``BytesIO`` whose
+    ``getvalue()`` then hands over that very buffer as the ``bytes`` object, without a copy.
+    """
+    fd = conn.fileno()
+    if header[0] == worker.RESULT_BYTES:
+        size = header[1]
+        sink = io.BytesIO()
+        if size:
+            sink.seek(size - 1)
+            sink.write(b"\0")  # sizes its buffer once, exactly
+            with sink.getbuffer() as view:
+                worker.read_into(fd, view)
+        return (worker.RESULT_BYTES, sink.getvalue())
+    tag, stream, sizes = header
+    buffers = []
+    for size in sizes:
+        buffer = bytearray(size)
+        worker.read_into(fd, memoryview(buffer))
+        buffers.append(buffer)
+    return (tag, stream, buffers)
+
+
+def _load_exception(exc_bytes: bytes | None) -> BaseException | None:
+    """The exception a worker sent, or ``None`` if it did not come or does not unpickle here."""
+    if exc_bytes is None:
+        return None
+    try:
+        error = pickle.loads(exc_bytes)
+    except BaseException:  # noqa: BLE001 - e.g. a class whose __init__ wants other arguments
+        return None
+    return error if isinstance(error, BaseException) else None
+
+
+def _unpickling_error(message: str, cause: BaseException) -> TaskUnpicklingError:
+    error = TaskUnpicklingError(message)
+    error.__cause__ = cause
+    return error
 
 
 # cloudpickle renames the file of every function it sends by value (a notebook's, a lambda) to

@@ -23,8 +23,10 @@ from ._base import (
     PoolStats,
     QueueLimit,
     SlotTally,
+    TaskExitError,
     Tuning,
     WorkerState,
+    label,
 )
 
 
@@ -107,6 +109,9 @@ class ExecutorBackend(QueueLimit):
             self._room.notify_all()
         try:
             return fn(*args, **kwargs)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # As in the process kind: sys.exit() in a task fails the task, never the caller.
+            raise TaskExitError(f"{label(fn)} raised {type(exc).__name__}({exc}) in its thread") from exc
         finally:
             ended = time.monotonic()
             with self._lock:
