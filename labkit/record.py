@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Evidence", "evidence", "records_in", "could_not_show", "record_notebook", "main",
-           "EVIDENCE_KEY", "MIN_DELIVERED_SHARE", "COULD_NOT_SHOW"]
+__all__ = ["Evidence", "evidence", "records_in", "stored_records", "could_not_show", "stored_problems",
+           "record_notebook", "main", "EVIDENCE_KEY", "MIN_DELIVERED_SHARE", "COULD_NOT_SHOW"]
 
 #: Metadata key under which an output carries its record, and a cell keeps its records.
 EVIDENCE_KEY = "labkit.evidence"
@@ -41,7 +41,8 @@ EVIDENCE_KEY = "labkit.evidence"
 MIN_DELIVERED_SHARE = 0.9
 
 #: Phrases with which a lab admits that a run could not show its effect; a saved run has none.
-COULD_NOT_SHOW = ("could not show", "cannot show")
+#: The last is how :func:`labkit.measure.judge_speedup` says that too few cores were delivered.
+COULD_NOT_SHOW = ("could not show", "cannot show", "too few to show")
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,12 @@ def records_in(cell: Any) -> list[Evidence]:
     return found
 
 
+def stored_records(cell: Any) -> list[Evidence]:
+    """The records the recording command kept in a cell's metadata (``labkit`` → ``evidence``)."""
+    kept = ((cell.get("metadata") or {}).get("labkit") or {}).get("evidence") or []
+    return [Evidence.from_dict(data) for data in kept if isinstance(data, dict)]
+
+
 def could_not_show(cell: Any) -> str | None:
     """The first output line of ``cell`` that admits an effect was not shown, if any."""
     for output in cell.get("outputs", ()):
@@ -148,18 +155,48 @@ def could_not_show(cell: Any) -> str | None:
     return None
 
 
+def stored_problems(notebook: Any) -> list[str]:
+    """Why a saved notebook does not count as evidence, one line per problem; empty when it does.
+
+    Reads what the recording command stored: each code cell's records (:func:`stored_records`)
+    and its outputs (:func:`could_not_show`). ``notebook`` is the notebook's JSON as a dict (or
+    an ``nbformat`` node). A notebook without any record has no problem here: whether it should
+    carry records is the caller's question.
+    """
+    problems = []
+    for index, cell in enumerate(notebook.get("cells", ())):
+        if cell.get("cell_type") != "code":
+            continue
+        problems += [f"cell {index}: {p}" for p in (r.problem() for r in stored_records(cell)) if p]
+        admitted = could_not_show(cell)
+        if admitted:
+            problems.append(f"cell {index}: the saved run says {admitted!r}")
+    return problems
+
+
 def record_notebook(path: Path, *, timeout: float = 600, write: bool = True) -> list[str]:
     """Run ``path`` in a fresh kernel; write it back if every record holds. Returns the problems.
 
     An empty list means the notebook was recorded (or, with ``write=False``, would have been).
+    A run that fails (a cell raises, the kernel dies, a cell times out) is a problem too, and the
+    file is left as it was.
     """
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+    path = Path(path)
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
+        if isinstance(exc, CellExecutionError):
+            detail = f"a cell raised {exc.ename}: {exc.evalue}"
+        else:
+            detail = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or ['no details'])[0]}"
+        return [f"the run failed, {detail}"]
     problems = []
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type != "code":
