@@ -153,13 +153,13 @@ def test_stored_problems_is_empty_for_good_records_and_for_no_records():
 
 
 def tiny_notebook(path: Path, value: float, *, low: float, delivered: str = "float(USABLE)") -> Path:
-    """A notebook with one cell that records `value` against [low, inf), and a cell that keeps labkit metadata."""
+    """A notebook whose cell ends by recording `value` against [low, inf), and a cell with labkit metadata."""
     measure = nbformat.v4.new_code_cell(
         "import labkit\n"
         "from labkit.record import evidence\n"
         "USABLE = labkit.usable_cores().usable  # usable cores, as labkit counts them\n"
-        f"evidence('C0 tiny', 'a measured number', {value!r}, delivered={delivered}, low={low!r})\n"
-        "print('measured')"
+        "print('measured')\n"
+        f"evidence('C0 tiny', 'a measured number', {value!r}, delivered={delivered}, low={low!r})"
     )
     kept = nbformat.v4.new_code_cell("print('no claim here')")
     kept.metadata["labkit"] = {"grading": "kept"}
@@ -176,7 +176,8 @@ def test_a_notebook_whose_record_holds_is_written_back_with_the_record_in_its_ce
     measure, kept = written.cells[1], written.cells[2]
     assert stored_records(measure) == [Evidence("C0 tiny", "a measured number", 2.0, 1.5, None, float(USABLE), USABLE)]
     assert records_in(measure) == stored_records(measure)  # the output carries it too
-    assert any(o.get("text") == "measured\n" for o in measure.outputs)
+    assert [o.output_type for o in measure.outputs] == ["stream", "display_data"]  # the record shows no repr
+    assert measure.outputs[0].text == "measured\n" and measure.outputs[1].data == {"text/plain": ""}
     assert kept.metadata["labkit"] == {"grading": "kept"}  # other labkit metadata survives
     assert stored_problems(written) == []
 
