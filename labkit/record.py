@@ -87,12 +87,14 @@ class Evidence:
 
     def problem(self) -> str | None:
         """Why the record does not count, in one sentence; ``None`` when it does."""
+        band = f"[{'-inf' if self.low is None else f'{self.low:g}'}, {'inf' if self.high is None else f'{self.high:g}'}]"
+        outside = f"{self.what} was {self.value:.3g}, outside {band}"
         if not self.machine_was_free:
-            return (f"{self.claim}: the machine delivered {self.delivered:.2f} of {self.usable} usable cores "
+            busy = (f"{self.claim}: the machine delivered {self.delivered:.2f} of {self.usable} usable cores "
                     f"(needs {MIN_DELIVERED_SHARE:.0%}): record on an idle machine")
+            return busy if self.in_band else f"{busy}; and {outside}"
         if not self.in_band:
-            band = f"[{'-inf' if self.low is None else f'{self.low:g}'}, {'inf' if self.high is None else f'{self.high:g}'}]"
-            return f"{self.claim}: {self.what} was {self.value:.3g}, outside {band}"
+            return f"{self.claim}: {outside}"
         return None
 
     def _ipython_display_(self) -> None:

@@ -49,8 +49,14 @@ def test_exactly_the_share_of_the_usable_cores_counts_as_free():
     assert record(delivered=MIN_DELIVERED_SHARE * 2).problem() is None
 
 
-def test_a_busy_machine_is_reported_before_a_value_out_of_band():
-    assert "record on an idle machine" in record(value=0.5, delivered=0.4).problem()
+def test_a_busy_machine_is_reported_first_and_a_value_out_of_band_after_it():
+    problem = record(value=0.5, delivered=0.4).problem()
+    assert problem.startswith("C10 pure Python on processes: the machine delivered 0.40 of 2 usable cores")
+    assert problem.endswith("record on an idle machine; and speedup over serial (x) was 0.5, outside [1.5, inf]")
+
+
+def test_a_busy_machine_with_a_value_in_band_names_only_the_machine():
+    assert record(delivered=0.4).problem().endswith("record on an idle machine")
 
 
 def test_a_value_below_its_band_names_the_value_and_the_band():
