@@ -194,7 +194,8 @@ def record_notebook(path: Path, *, timeout: float = 600, write: bool = True) -> 
 
     path = Path(path)
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+    # No per-cell timestamps: a recorded notebook differs from the last recording only in what it measured.
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
     try:
         client.execute()
