@@ -121,7 +121,10 @@ def evidence(claim: str, what: str, value: float, *, delivered: float, low: floa
     ``labkit.measure_parallelism().delivered``).
     """
     from .cores import usable_cores
+    from .errors import ConfigurationError
 
+    if low is not None and high is not None and low > high:
+        raise ConfigurationError(f"{claim}: the band's low end ({low:g}) is above its high end ({high:g})")
     record = Evidence(claim, what, float(value), low, high, float(delivered), usable_cores().usable)
     try:
         from IPython import get_ipython

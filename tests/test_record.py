@@ -89,6 +89,11 @@ def test_outside_a_notebook_evidence_only_returns_the_record():
     assert made == Evidence("C0 test", "a number", 3.0, 1, None, 1.5, USABLE)
 
 
+def test_evidence_refuses_a_band_that_is_upside_down():
+    with pytest.raises(labkit.ConfigurationError, match=r"low end \(2\) is above its high end \(1\)"):
+        evidence("C0 test", "a number", 1, delivered=2, low=2, high=1)
+
+
 # Records and admissions in hand-made cells
 
 
