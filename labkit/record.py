@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Evidence", "evidence", "records_in", "could_not_show", "record_notebook", "main",
-           "EVIDENCE_KEY", "MIN_DELIVERED_SHARE", "COULD_NOT_SHOW"]
+__all__ = ["Evidence", "evidence", "records_in", "stored_records", "could_not_show", "stored_problems",
+           "record_notebook", "main", "EVIDENCE_KEY", "MIN_DELIVERED_SHARE", "COULD_NOT_SHOW"]
 
 #: Metadata key under which an output carries its record, and a cell keeps its records.
 EVIDENCE_KEY = "labkit.evidence"
@@ -41,7 +41,8 @@ EVIDENCE_KEY = "labkit.evidence"
 MIN_DELIVERED_SHARE = 0.9
 
 #: Phrases with which a lab admits that a run could not show its effect; a saved run has none.
-COULD_NOT_SHOW = ("could not show", "cannot show")
+#: The last is how :func:`labkit.measure.judge_speedup` says that too few cores were delivered.
+COULD_NOT_SHOW = ("could not show", "cannot show", "too few to show")
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,21 @@ class Evidence:
 
     def problem(self) -> str | None:
         """Why the record does not count, in one sentence; ``None`` when it does."""
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        band = f"[{low}, {high}]"
+        outside = f"{self.what} was {self.value:.3g}, outside {band}"
         if not self.machine_was_free:
-            return (f"{self.claim}: the machine delivered {self.delivered:.2f} of {self.usable} usable cores "
+            busy = (f"{self.claim}: the machine delivered {self.delivered:.2f} of {self.usable} usable cores "
                     f"(needs {MIN_DELIVERED_SHARE:.0%}): record on an idle machine")
+            return busy if self.in_band else f"{busy}; and {outside}"
         if not self.in_band:
-            low = "-inf" if self.low is None else f"{self.low:g}"
-            high = "inf" if self.high is None else f"{self.high:g}"
-            band = f"[{low}, {high}]"
-            return f"{self.claim}: {self.what} was {self.value:.3g}, outside {band}"
+            return f"{self.claim}: {outside}"
+        return None
+
+    def _ipython_display_(self) -> None:
+        # A record is invisible in a notebook, also when a cell ends with evidence(...): its repr
+        # holds raw measurements, which must never reach an output that nbval compares.
         return None
 
     @classmethod
@@ -115,7 +123,10 @@ def evidence(claim: str, what: str, value: float, *, delivered: float, low: floa
     ``labkit.measure_parallelism().delivered``).
     """
     from .cores import usable_cores
+    from .errors import ConfigurationError
 
+    if low is not None and high is not None and low > high:
+        raise ConfigurationError(f"{claim}: the band's low end ({low:g}) is above its high end ({high:g})")
     record = Evidence(claim, what, float(value), low, high, float(delivered), usable_cores().usable)
     try:
         from IPython import get_ipython
@@ -137,6 +148,12 @@ def records_in(cell: Any) -> list[Evidence]:
     return found
 
 
+def stored_records(cell: Any) -> list[Evidence]:
+    """The records the recording command kept in a cell's metadata (``labkit`` → ``evidence``)."""
+    kept = ((cell.get("metadata") or {}).get("labkit") or {}).get("evidence") or []
+    return [Evidence.from_dict(data) for data in kept if isinstance(data, dict)]
+
+
 def could_not_show(cell: Any) -> str | None:
     """The first output line of ``cell`` that admits an effect was not shown, if any."""
     for output in cell.get("outputs", ()):
@@ -150,18 +167,49 @@ def could_not_show(cell: Any) -> str | None:
     return None
 
 
+def stored_problems(notebook: Any) -> list[str]:
+    """Why a saved notebook does not count as evidence, one line per problem; empty when it does.
+
+    Reads what the recording command stored: each code cell's records (:func:`stored_records`)
+    and its outputs (:func:`could_not_show`). ``notebook`` is the notebook's JSON as a dict (or
+    an ``nbformat`` node). A notebook without any record has no problem here: whether it should
+    carry records is the caller's question.
+    """
+    problems = []
+    for index, cell in enumerate(notebook.get("cells", ())):
+        if cell.get("cell_type") != "code":
+            continue
+        problems += [f"cell {index}: {p}" for p in (r.problem() for r in stored_records(cell)) if p]
+        admitted = could_not_show(cell)
+        if admitted:
+            problems.append(f"cell {index}: the saved run says {admitted!r}")
+    return problems
+
+
 def record_notebook(path: Path, *, timeout: float = 600, write: bool = True) -> list[str]:
     """Run ``path`` in a fresh kernel; write it back if every record holds. Returns the problems.
 
     An empty list means the notebook was recorded (or, with ``write=False``, would have been).
+    A run that fails (a cell raises, the kernel dies, a cell times out) is a problem too, and the
+    file is left as it was.
     """
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+    path = Path(path)
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+    # No per-cell timestamps: a recorded notebook differs from the last recording only in what it measured.
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
+        if isinstance(exc, CellExecutionError):
+            detail = f"a cell raised {exc.ename}: {exc.evalue}"
+        else:
+            detail = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or ['no details'])[0]}"
+        return [f"the run failed, {detail}"]
     problems = []
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type != "code":
