@@ -3,7 +3,7 @@ the caller's CPU affinity, and the combined cluster-plus-pool demo app."""
 
 from __future__ import annotations
 
-import _thread
+import signal
 import threading
 import time
 
@@ -45,14 +45,20 @@ def fail_on_third_call(counter=[0]):  # noqa: B006 - runs in a worker: each work
     return spin(0.05)
 
 
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals")
 def test_a_sweep_interrupted_mid_way_leaves_no_worker_behind():
-    timer = threading.Timer(1.0, _thread.interrupt_main)  # Ctrl-C, as the notebook's stop button sends
+    # A real SIGINT to the main thread, as Ctrl-C or the notebook's stop button sends, with Python's
+    # own handler in place whatever an earlier test left: a simulated interrupt (interrupt_main)
+    # is silently dropped when the handler is SIG_IGN, and cannot wake a blocking call.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             sweep(spin, (0.2,), tasks=40, workers=[2, 4], repeats=3)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert wait_for_no_children() == []
 
 
