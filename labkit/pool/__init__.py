@@ -59,21 +59,21 @@ kind uses the standard library's ``InterpreterPoolExecutor``.
 from __future__ import annotations
 
 from ._executor import (
-    WorkerPool,
-    TaskFuture,
-    PoolStats,
-    WorkerStats,
-    WorkerState,
     Percentiles,
-    WorkerCrashedError,
-    TaskTimeoutError,
-    QueueFullError,
     PoolClosedError,
-    WorkerStartError,
-    TaskSerializationError,
-    TaskUnpicklingError,
-    TaskExitError,
+    PoolStats,
+    QueueFullError,
     RemoteTraceback,
+    TaskExitError,
+    TaskFuture,
+    TaskSerializationError,
+    TaskTimeoutError,
+    TaskUnpicklingError,
+    WorkerCrashedError,
+    WorkerPool,
+    WorkerStartError,
+    WorkerState,
+    WorkerStats,
     describe_exit,
 )
 

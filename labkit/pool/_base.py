@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from .._exits import Lifecycle, RemoteTraceback, ending
+from .._exits import Lifecycle, ending
 from ..errors import LabkitError
 
 # --------------------------------------------------------------------------------------------
@@ -443,7 +443,7 @@ class TaskFuture(Future):
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # Future's own helper; typeshed omits it
 
 
 def settle(future: Future, *, result=None, error: BaseException | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import multiprocessing
 import sys
@@ -15,13 +16,15 @@ from typing import Any, Literal
 
 import cloudpickle
 
+from .._exits import RemoteTraceback
+from ..cores import check_start_method, resolve_workers
+from ..errors import ConfigurationError
 from ._base import (
     Percentiles,
     PoolBackend,
     PoolClosedError,
     PoolStats,
     QueueFullError,
-    RemoteTraceback,
     TaskExitError,
     TaskFuture,
     TaskSerializationError,
@@ -37,8 +40,6 @@ from ._base import (
 )
 from ._progress import make_progress
 from ._worker import InitPayload, run_chunk
-from ..cores import check_start_method, resolve_workers
-from ..errors import ConfigurationError
 
 __all__ = [
     "WorkerPool",
@@ -216,6 +217,7 @@ class WorkerPool(Executor):
         self._finalizer: weakref.finalize | None = None
         self._finalizer_lock = threading.Lock()
         self._backend: PoolBackend
+        self._start_method: str | None
         if self._kind == "process":
             self._start_method = check_start_method(start_method)
             from ._process import ProcessBackend
@@ -511,7 +513,7 @@ def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple)
         return None
     try:
         function = cloudpickle.dumps(initializer)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise TaskSerializationError(f"cannot send the initializer to worker processes: {exc}") from exc
     try:
         return InitPayload(function, cloudpickle.dumps(initargs), pickled=True)
@@ -586,7 +588,7 @@ def _follow(bar, futures: list[tuple[Future, int]]) -> None:
     if not futures:
         bar.close()
     for future, size in futures:
-        future.add_done_callback(lambda f, size=size: done(f, size))
+        future.add_done_callback(functools.partial(done, size=size))
 
 
 def _results(futures: list[tuple[Future, int]], deadline: float | None, chunked: bool, bar,

@@ -18,6 +18,7 @@ import linecache
 import os
 import pickle
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -25,17 +26,19 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection, Pipe
 from multiprocessing.connection import wait as wait_for_ready
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import cloudpickle
 
+from .._exits import RemoteTraceback
+from ..errors import LabkitError
 from . import _worker as worker
 from ._base import (
     LIFECYCLE,
     Percentiles,
     PoolStats,
     QueueLimit,
-    RemoteTraceback,
     SlotTally,
     TaskExitError,
     TaskFuture,
@@ -49,7 +52,6 @@ from ._base import (
     describe_exit,
     settle,
 )
-from ..errors import LabkitError
 
 # Why a running task stopped early; the dispatcher leaves such a task's future alone.
 TIMED_OUT = "timed out"
@@ -62,11 +64,12 @@ class _Task:
     __slots__ = ("future", "payload", "name", "origin", "timeout", "submitted", "started", "deadline",
                  "slot", "stop_reason", "in_queue", "forgotten")
 
-    def __init__(self, payload: bytes, name: str, origin: Callable[..., Any], timeout: float | None) -> None:
-        self.future: TaskFuture | None = None
+    def __init__(self, backend: ProcessBackend, payload: bytes, name: str, origin: Callable[..., Any],
+                 timeout: float | None) -> None:
+        self.future = TaskFuture(backend, self)
         self.payload: bytes | None = payload
         self.name = name
-        self.origin = origin  # the user's function, to put source lines back into tracebacks
+        self.origin: Callable[..., Any] | None = origin  # the user's function, to put source lines back into tracebacks
         self.timeout = timeout
         self.submitted = 0.0
         self.started = 0.0
@@ -83,8 +86,8 @@ class _Slot(SlotTally):
     def __init__(self, index: int) -> None:
         super().__init__(index)
         self.state = WorkerState.NEW
-        self.process = None
-        self.conn: Connection | None = None
+        self.process: BaseProcess | None = None
+        self.conn: Connection | None = None  # set and cleared together with process
         self.conn_open = False
         self.pid: int | None = None
         self.task: _Task | None = None
@@ -135,13 +138,12 @@ class ProcessBackend(QueueLimit):
                timeout: float | None, block: bool, origin: Callable[..., Any] | None = None) -> Future:
         try:
             payload = cloudpickle.dumps((fn, args, kwargs))
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - pickling raises many kinds
+        except (Exception, SystemExit) as exc:  # pickling raises many kinds
             error = _task_pickling_error(name, exc)
             if error is exc:
                 raise
             raise error from exc
-        task = _Task(payload, name, origin or fn, timeout)
-        task.future = TaskFuture(self, task)
+        task = _Task(self, payload, name, origin or fn, timeout)
         with self._lock:
             self._admit(block)
             if self._dispatcher is None:
@@ -300,6 +302,7 @@ class ProcessBackend(QueueLimit):
                 if slot.process is not None:
                     slot.process.kill()
                     slot.process.join()
+                    assert slot.conn is not None, "a slot's process and connection are set together"
                     slot.conn.close()
                     slot.process = slot.conn = None
                     slot.state = WorkerState.NEW
@@ -408,16 +411,19 @@ class ProcessBackend(QueueLimit):
 
     def _send(self, slot: _Slot, task: _Task) -> None:
         payload, task.payload = task.payload, None
+        assert payload is not None, "a task is sent once, and only the dispatcher sends"
+        assert slot.conn is not None, "an idle slot's worker runs; only the dispatcher reaps it"
         try:
             slot.conn.send_bytes(payload)
         except OSError:
             slot.conn_open = False  # the worker is gone; _handle reaps it and fails the task
 
     def _handle(self, ready: list) -> None:
-        if self._wake_reader in ready:
+        reader = self._wake_reader  # changed only on this thread: by _start before it, at its end
+        if reader is not None and reader in ready:
             with self._wake_lock:
-                while self._wake_reader.poll():
-                    self._wake_reader.recv_bytes()
+                while reader.poll():
+                    reader.recv_bytes()
                 self._wake_sent = False
         # Decide per slot from this one snapshot: after a reap, a new worker's file descriptors
         # may reuse the numbers of the old one's, and must not be mistaken for ready.
@@ -431,11 +437,13 @@ class ProcessBackend(QueueLimit):
                 self._reap(slot)
 
     def _read(self, slot: _Slot) -> None:
+        conn = slot.conn
+        assert conn is not None, "called only while conn_open, when the slot has its connection"
         try:
-            while slot.conn_open and slot.conn.poll():
-                message = pickle.loads(slot.conn.recv_bytes())
+            while slot.conn_open and conn.poll():
+                message = pickle.loads(conn.recv_bytes())
                 if message[0] in (worker.RESULT_BUFFERS, worker.RESULT_BYTES):
-                    message = _receive_raw(slot.conn, message)
+                    message = _receive_raw(conn, message)
                 self._on_message(slot, message)
                 del message
         except (EOFError, OSError):
@@ -489,7 +497,8 @@ class ProcessBackend(QueueLimit):
         _settle(task, result=result, error=error)
 
     def _reap(self, slot: _Slot) -> None:
-        process = slot.process
+        process, conn = slot.process, slot.conn
+        assert process is not None and conn is not None, "_handle reaps only a slot with a process"
         if slot.conn_open:
             self._read(slot)  # a reply sent just before the end still counts
         process.join(self._tuning.reap_grace)
@@ -508,11 +517,12 @@ class ProcessBackend(QueueLimit):
                 self._crashed += 1
             if boot_failed:
                 self._boot_failures += 1
-        slot.conn.close()
+        conn.close()
         process.close()
         slot.process = slot.conn = None
         slot.conn_open = False
         if crashed:
+            assert task is not None, "crashed means a task was running"
             _settle(task, error=WorkerCrashedError(
                 f"the worker process running {task.name} (pid {slot.pid}) died: "
                 f"{_sentence(describe_exit(exitcode))} Only this task failed; a new worker took its place.",
@@ -589,32 +599,40 @@ class ProcessBackend(QueueLimit):
             for slot in slots:
                 if LIFECYCLE.allows(slot.state, WorkerState.STOPPING):
                     slot.move(WorkerState.STOPPING)
+        # This thread alone starts and reaps workers, so these stay as they are until the end.
+        workers = []
         for slot in slots:
+            process, conn = slot.process, slot.conn
+            assert process is not None and conn is not None, "a slot's process and connection go together"
+            workers.append((slot, process, conn))
+        for slot, _, conn in workers:
             if slot.conn_open:
                 try:
-                    slot.conn.send_bytes(worker.STOP)
+                    conn.send_bytes(worker.STOP)
                 except OSError:
                     pass  # already gone
         deadline = time.monotonic() + self._tuning.shutdown_grace
-        for slot in slots:
-            slot.process.join(max(0.0, deadline - time.monotonic()))
-        for slot in slots:
-            if slot.process.exitcode is None:
-                slot.process.terminate()
-                slot.process.join(1.0)
-            if slot.process.exitcode is None:
-                slot.process.kill()
-                slot.process.join()
+        for _, process, _ in workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for _, process, _ in workers:
+            if process.exitcode is None:
+                process.terminate()
+                process.join(1.0)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
         with self._lock:
-            for slot in slots:
+            for slot, process, conn in workers:
                 slot.move(WorkerState.EXITED)
-                slot.conn.close()
-                slot.process.close()
+                conn.close()
+                process.close()
                 slot.process = slot.conn = None
                 slot.conn_open = False
         with self._wake_lock:
-            self._wake_reader.close()
-            self._wake_writer.close()
+            reader, writer = self._wake_reader, self._wake_writer
+            assert reader is not None and writer is not None, "_start opened them before this thread ran"
+            reader.close()
+            writer.close()
             self._wake_reader = self._wake_writer = None
 
     def _wake(self) -> None:
@@ -642,7 +660,8 @@ def _task_pickling_error(name: str, exc: BaseException) -> BaseException:
     if isinstance(exc, (TypeError, pickle.PicklingError)):
         return TaskSerializationError(advice)
     if isinstance(exc, Exception):
-        exc.add_note(advice)
+        if sys.version_info >= (3, 11):  # add_note is 3.11+; on 3.10 the error is raised without it
+            exc.add_note(advice)
         return exc
     return TaskExitError(f"pickling {name} raised {type(exc).__name__}({exc}) in this process; "
                          "it was stopped so that it cannot end the program")
@@ -665,15 +684,21 @@ def _settle(task: _Task, *, result: Any = None, error: BaseException | None = No
 
 
 def _ask_to_stop(slot: _Slot) -> None:
+    conn = slot.conn
+    if conn is None:
+        return  # already gone: _reap handles it the same way
     try:
-        slot.conn.send_bytes(worker.STOP)
+        conn.send_bytes(worker.STOP)
     except (OSError, AttributeError):
         pass  # already gone: _reap handles it the same way
 
 
 def _kill(slot: _Slot) -> None:
+    process = slot.process
+    if process is None:
+        return  # already reaped
     try:
-        slot.process.kill()
+        process.kill()
     except (OSError, ValueError, AttributeError):
         pass  # already reaped or closed
 
@@ -701,11 +726,10 @@ def _decode(task: _Task, message: tuple) -> tuple[Any, BaseException | None]:
         original = _load_exception(exc_bytes)
         if original is not None:
             original.__cause__ = RemoteTraceback(tb)
-        error = _unpickling_error(
+        return None, _unpickling_error(
             f"{name} could not be unpickled in its worker: {type_name}: {text}. A class or module "
             "it needs may be missing there, or an argument's __reduce__ failed. Only this task "
             "failed; the pool keeps serving.", original if original is not None else RemoteTraceback(tb))
-        return None, error
     error = _load_exception(exc_bytes)
     if not isinstance(error, Exception):
         if isinstance(error, BaseException):  # SystemExit, KeyboardInterrupt
@@ -772,7 +796,7 @@ def _unpickling_error(message: str, cause: BaseException) -> TaskUnpicklingError
 _DYNAMIC_FRAME = re.compile(r'^  File "<dynamic-code>", line (\d+), in (\S+)$', re.MULTILINE)
 
 
-def _restore_sources(text: str, origin: Callable[..., Any]) -> str:
+def _restore_sources(text: str, origin: Callable[..., Any] | None) -> str:
     if "<dynamic-code>" not in text:
         return text
     files: dict[str, str] = {}

@@ -17,7 +17,8 @@ from typing import Any
 # does not spend its time writing to the terminal (tqdm's own default, stated here on purpose).
 TEXT_REDRAW_SECONDS = 0.1
 TEXT_WIDTH = 30
-TEXT_FORMAT = "{desc} [{bar:%d}] {n_fmt}/{total_fmt}{postfix}" % TEXT_WIDTH
+# A tqdm bar_format: the doubled braces are tqdm's fields, {TEXT_WIDTH} is filled in here.
+TEXT_FORMAT = f"{{desc}} [{{bar:{TEXT_WIDTH}}}] {{n_fmt}}/{{total_fmt}}{{postfix}}"
 
 
 class Progress:
@@ -37,7 +38,7 @@ class Progress:
     @property
     def done(self) -> int:
         """How many items have been counted so far."""
-        return self.bar.n
+        return int(self.bar.n)  # tqdm types n as a float too; advance() counts whole items
 
     def advance(self, n: int = 1) -> None:
         """Count ``n`` more items as done."""
@@ -56,7 +57,8 @@ class Progress:
             self.bar.close()
             if not ok and self.widget:
                 # tqdm colours a closed widget green when every item was counted, even if one failed.
-                self.bar.disp(bar_style="danger", check_delay=False)
+                # disp is the notebook widget's (self.widget says this is one); tqdm.auto is typed as text.
+                self.bar.disp(bar_style="danger", check_delay=False)  # type: ignore[attr-defined]
 
 
 def make_progress(total: int, description: str = "map") -> Progress:

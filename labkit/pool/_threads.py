@@ -11,6 +11,7 @@ notebook), and they hide their workers, so only counts are reported for them.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -50,8 +51,12 @@ class ExecutorBackend(QueueLimit):
         self._prefix = f"labkit-{kind}-{id(self):x}"
         if kind == "thread":
             factory = ThreadPoolExecutor
-        else:
-            from concurrent.futures import InterpreterPoolExecutor as factory  # Python 3.14+
+        elif sys.version_info >= (3, 14):
+            from concurrent.futures import InterpreterPoolExecutor
+
+            factory = InterpreterPoolExecutor
+        else:  # WorkerPool checks the version first; this is for a backend made by hand
+            raise ImportError("cannot import name 'InterpreterPoolExecutor' from 'concurrent.futures' (Python 3.14+)")
         self._executor = factory(max_workers=workers, thread_name_prefix=self._prefix,
                                  initializer=initializer, initargs=initargs)
         self._timed = kind == "thread"  # a sub-interpreter cannot call back into our bookkeeping
@@ -102,9 +107,10 @@ class ExecutorBackend(QueueLimit):
         with self._lock:
             self._queued -= 1
             self._running += 1
-            slot = self._slots.get(thread.ident)
+            ident = threading.get_ident()  # thread.ident, which mypy types as int | None
+            slot = self._slots.get(ident)
             if slot is None:
-                slot = self._slots[thread.ident] = _ThreadSlot(len(self._slots), thread.name)
+                slot = self._slots[ident] = _ThreadSlot(len(self._slots), thread.name)
             slot.busy = True
             self._room.notify_all()
         try:

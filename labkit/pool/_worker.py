@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -186,7 +187,7 @@ def explain_pickling_error(exc: BaseException, result: Any) -> BaseException:
         problem = TaskSerializationError(advice)
         problem.__cause__ = exc
         return problem
-    if isinstance(exc, Exception):
+    if isinstance(exc, Exception) and sys.version_info >= (3, 11):  # add_note is 3.11+; 3.10 sends it bare
         exc.add_note(advice)
     return exc
 
