@@ -7,6 +7,11 @@ student's notebook started outlives its grading.
 
 A timeout interrupts the kernel process alone (SIGINT to its pid, not to its group), as Jupyter's
 stop button would with a process pool that survives: the pool's workers are not the ones looping.
+
+When the grader sandboxes its kernels (:mod:`labkit.grading._sandbox`), the process jupyter_client
+starts is bwrap: the group then holds bwrap, its init and, inside the PID namespace, everything the
+submission started; the interrupt goes to the kernel's own host pid below bwrap's two processes,
+and the kernel's channels are Unix sockets in its room, not TCP ports.
 The kernel's own stdout and stderr (log lines, writes from native code) go nowhere, so they never
 reach the terminal; everything a cell shows arrives through the notebook protocol, capped.
 """
@@ -29,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .._exits import ending
+from ._sandbox import Room, SandboxInfo, kernel_process, sandbox_command
+
 __all__ = ["CellFate", "Kernel", "clean_text", "describe_exit"]
 
 #: Seconds a timed-out cell's kernel has, after the interrupt, to answer a probe before it is
@@ -103,10 +110,20 @@ def _classes() -> tuple[type, type]:
     class GradingKernelManager(AsyncKernelManager):
         """Interrupts the kernel process alone: its process pools keep their workers."""
 
+        #: Wraps the kernel's command line (into a sandbox), or ``None``; set per instance.
+        labkit_wrap: Any = None
+
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            command = super().format_kernel_cmd(extra_arguments)
+            return self.labkit_wrap(command) if self.labkit_wrap is not None else command
+
         async def interrupt_kernel(self) -> None:
             process = getattr(self.provisioner, "process", None)
             if os.name == "posix" and process is not None and process.poll() is None:
-                os.kill(process.pid, signal.SIGINT)
+                target = kernel_process(process.pid) if self.labkit_wrap is not None else process.pid
+                if target is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(target, signal.SIGINT)
             else:
                 await super().interrupt_kernel()
 
@@ -178,12 +195,27 @@ class Kernel:
     """One kernel process: started, given cells, stopped together with its process group."""
 
     def __init__(self, nb: Any, *, kernel_name: str, startup_timeout: int, memory_limit: int | None,
-                 aside_mime: str | None, timeout_token: str) -> None:
+                 aside_mime: str | None, timeout_token: str, room: Room | None = None,
+                 sandbox: SandboxInfo | None = None, read_only: tuple[Path, ...] = (),
+                 hidden: tuple[Path, ...] = ()) -> None:
         manager_class, client_class = _classes()
         log = _null_logger()
         self.memory_limit = memory_limit
         self.timeout_token = timeout_token
+        self.room = room
+        self.sandboxed = bool(room is not None and sandbox is not None and sandbox.enabled)
         self.km = manager_class(kernel_name=kernel_name, log=log)
+        if room is not None:
+            # The connection file lives in the kernel's room; with a sandbox (no network of its own
+            # to share), the channels are Unix sockets there too.
+            self.km.connection_file = str(room.ipc / "connection.json")
+        if self.sandboxed:
+            assert room is not None and sandbox is not None and sandbox.tool is not None
+            tool = sandbox.tool
+            self.km.transport = "ipc"
+            self.km.ip = str(room.ipc / "kernel")
+            self.km.labkit_wrap = lambda command: sandbox_command(tool, command, room, read_only=read_only,
+                                                                  hidden=hidden)
         self.client = client_class(
             nb, km=self.km, aside_mime=aside_mime, log=log, kernel_name=kernel_name,
             allow_errors=True, interrupt_on_timeout=True, startup_timeout=startup_timeout,
@@ -204,8 +236,10 @@ class Kernel:
         """Start the kernel in ``cwd`` and connect to it; its own stdout and stderr are discarded."""
         import subprocess
 
+        room_env = self.room.env() if self.room is not None else {}
         await self.client.async_start_new_kernel(
-            cwd=str(cwd), env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=str(cwd), env={**os.environ, **room_env, **env}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
         self.pid = getattr(self.km.provisioner, "pid", None)
         self.pgid = getattr(self.km.provisioner, "pgid", None)
         await self.client.async_start_new_kernel_client()
@@ -261,7 +295,10 @@ class Kernel:
         if self.memory_reason:
             return self.memory_reason
         process = getattr(self.km.provisioner, "process", None)
-        return describe_exit(process.poll() if process is not None else None)
+        code = process.poll() if process is not None else None
+        if self.sandboxed and code is not None and code > 128:
+            code = -(code - 128)  # bwrap exits with 128 + the signal that killed the kernel
+        return describe_exit(code)
 
     async def _watch(self) -> None:
         import psutil

@@ -65,11 +65,15 @@ class SubmissionResult:
 
 @dataclass(frozen=True)
 class GradeReport:
-    """The results of one grading run, in the order the submissions were given."""
+    """The results of one grading run, in the order the submissions were given.
+
+    ``sandbox`` says how the kernels were isolated (see :func:`labkit.grading.grade.sandbox_status`).
+    """
 
     results: tuple[SubmissionResult, ...]
     seconds: float
     jobs: int
+    sandbox: str = ""
 
     @property
     def complete(self) -> bool:

@@ -91,6 +91,7 @@ from ._inkernel import ARM_ENV, SEAL_MIME, verify_seals
 from ._outcomes import PartOutcome, cell_problems, part_outcome, problems_before, recorded_verdict
 from ._plan import Exercise, load_exercise, new_alias, plan_cells
 from ._results import GradeError, GradeReport, SubmissionResult, SubmissionStatus
+from ._sandbox import Room, SandboxInfo, describe_sandbox, detect
 from ._submissions import Submission, SubmissionError, find_submissions, read_submission
 from .checks import CHECK_LOCK_ENV
 from .notebook import AssignError, Part
@@ -113,6 +114,7 @@ __all__ = [
     "write_gradebook",
     "default_lock_path",
     "ProgressCallback",
+    "sandbox_status",
 ]
 
 #: A submission may use this many per-cell timeouts in all, restarts and replays included.
@@ -198,20 +200,34 @@ def load_solutions(folder: str | os.PathLike[str]) -> dict[str, Exercise]:
     return exercises
 
 
+def sandbox_status() -> str:
+    """How this machine's kernels will be isolated, in one line for the start of a grading run.
+
+    ``sandbox: bubblewrap (...)`` or ``sandbox: NONE, <why>; ...`` when the grader falls back to
+    sessions of their own (no bwrap, no namespaces, or ``LABKIT_GRADE_SANDBOX=0``).
+    """
+    return describe_sandbox(detect())
+
+
 def _guess_exercise(submission: Submission, exercises: Mapping[str, Exercise]) -> Exercise | None:
     stem = submission.path.stem
     return next((e for e in exercises.values() if stem in (e.id, e.path.stem)), None)
 
 
 class _Grader:
-    """One grading run: shared turn for check cells, scratch folder, settings."""
+    """One grading run: shared turn for check cells, scratch folder, sandbox, settings."""
 
-    def __init__(self, exercises: Mapping[str, Exercise], settings: GradeSettings, scratch: Path) -> None:
+    def __init__(self, exercises: Mapping[str, Exercise], settings: GradeSettings, scratch: Path,
+                 sandbox: SandboxInfo, hidden: Sequence[Path] = ()) -> None:
         self.exercises = exercises
         self.settings = settings
         self.scratch = scratch
         self.turn = asyncio.Lock()
         self.lock_path = settings.lock_path or default_lock_path()
+        self.sandbox = sandbox
+        # Kernels never see the solutions (read into memory already) nor where grades are written.
+        self.hidden = tuple(dict.fromkeys([*(e.path.parent.resolve() for e in exercises.values()),
+                                           *(Path(p).resolve() for p in hidden)]))
 
     async def grade(self, submission: Submission) -> SubmissionResult:
         """Read, plan, run and score one submission; whatever happens, one result."""
@@ -250,8 +266,12 @@ class _Grader:
                         f"this is not the student's doing, grade it again once fixed")
         return result
 
-    def _kernel_env(self, key: bytes) -> dict[str, str]:
-        fd, path = tempfile.mkstemp(dir=self.scratch, prefix="arm-", suffix=".json")
+    def _kernel_env(self, room: Room | None, keys: dict[int, bytes], number: int) -> dict[str, str]:
+        """A fresh key for kernel ``number``, in a file of its room's private (0700) arm folder."""
+        if room is None:
+            raise GradeError("grading kernels need rooms of their own (fresh_dirs)")
+        key = keys[number] = secrets.token_bytes(32)
+        fd, path = tempfile.mkstemp(dir=room.arm, prefix="arm-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({"key": key.hex()}, handle)
         return {ARM_ENV: path, CHECK_LOCK_ENV: str(self.lock_path)}
@@ -259,7 +279,7 @@ class _Grader:
     async def _run(self, submission: Submission, notebook: Any, exercise: Exercise) -> SubmissionResult:
         import nbformat
 
-        key = secrets.token_bytes(32)
+        keys: dict[int, bytes] = {}  # one fresh key per kernel, by the kernel's number
         plan = plan_cells(exercise, notebook.cells, new_alias())
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell.source) for cell in plan])
         workdir = Path(tempfile.mkdtemp(dir=self.scratch, prefix="run-"))
@@ -267,7 +287,9 @@ class _Grader:
             nb, self.settings.engine(exercise.kernel_name), workdir=workdir, fresh_dirs=True,
             replayable=lambda index: plan[index].kind != "check",
             exclusive=lambda index: plan[index].kind == "check",
-            turn=self.turn, aside_mime=SEAL_MIME, kernel_env=lambda: self._kernel_env(key),
+            turn=self.turn, aside_mime=SEAL_MIME,
+            kernel_env=lambda room: self._kernel_env(room, keys, engine.kernels_started),
+            sandbox=self.sandbox, read_only=(Path(self.lock_path),), hidden=self.hidden,
         )
         try:
             runs = await engine.run()
@@ -285,7 +307,9 @@ class _Grader:
         for index, cell in enumerate(plan):
             if cell.kind != "check":
                 continue
-            by_part[cell.part.id] = self._outcome(cell.part, runs[index], nb.cells[index], key,
+            run = runs[index]
+            key = keys.get(run.kernel, b"") if run is not None else b""
+            by_part[cell.part.id] = self._outcome(cell.part, run, nb.cells[index], key,
                                                   problems_before(nb, runs, previous, index, labels))
             previous = index + 1
         return SubmissionResult(
@@ -297,7 +321,8 @@ class _Grader:
 
     @staticmethod
     def _outcome(part: Part, run: Any, cell: Any, key: bytes, context: str) -> PartOutcome:
-        verdict, forged = verify_seals(run.aside if run is not None else (), part.id, key)
+        records = run.aside if run is not None and key else ()
+        verdict, forged = verify_seals(records, part.id, key)
         if verdict is not None and verdict[0]:
             shown = recorded_verdict(cell, part)
             verdict = (True, shown[1] if shown and shown[0] else "passed")
@@ -315,7 +340,8 @@ ProgressCallback = Callable[[int, int, tuple[str, ...], "SubmissionResult | None
 
 
 async def _grade_all(submissions: Sequence[Submission], exercises: Mapping[str, Exercise],
-                     settings: GradeSettings, progress: ProgressCallback | None) -> GradeReport:
+                     settings: GradeSettings, progress: ProgressCallback | None,
+                     hidden: Sequence[Path]) -> GradeReport:
     started = time.monotonic()
     results: list[SubmissionResult | None] = [None] * len(submissions)
     waiting = list(enumerate(submissions))
@@ -334,7 +360,8 @@ async def _grade_all(submissions: Sequence[Submission], exercises: Mapping[str, 
         raise GradeError(f"{lock_path}: cannot create the checks' lock file ({exc.strerror or exc}); "
                          f"set {CHECK_LOCK_ENV} to a file you may create") from exc
     with tempfile.TemporaryDirectory(prefix="labkit-grade-", ignore_cleanup_errors=True) as scratch:
-        grader = _Grader(exercises, replace(settings, lock_path=lock_path), Path(scratch))
+        sandbox = detect()
+        grader = _Grader(exercises, replace(settings, lock_path=lock_path), Path(scratch), sandbox, hidden)
 
         async def worker() -> None:
             nonlocal done
@@ -348,18 +375,23 @@ async def _grade_all(submissions: Sequence[Submission], exercises: Mapping[str, 
                 report(results[position])
 
         await asyncio.gather(*(worker() for _ in range(min(settings.jobs, len(submissions)))))
-    return GradeReport(tuple(r for r in results if r is not None), time.monotonic() - started, settings.jobs)
+    return GradeReport(tuple(r for r in results if r is not None), time.monotonic() - started, settings.jobs,
+                       sandbox=describe_sandbox(sandbox))
 
 
 def grade(submissions: Sequence[Submission], exercises: Mapping[str, Exercise],
-          settings: GradeSettings | None = None, *, progress: ProgressCallback | None = None) -> GradeReport:
+          settings: GradeSettings | None = None, *, progress: ProgressCallback | None = None,
+          hidden: Sequence[str | os.PathLike[str]] = ()) -> GradeReport:
     """Grade ``submissions`` against ``exercises`` (from :func:`load_solutions`); one result each.
 
     ``progress(done, total, running_students, finished_result)`` is called when a submission
-    starts (``finished_result`` is ``None``) and when it ends. Raises :class:`GradeError` only for
-    a run that cannot start (no submissions); a submission's own trouble is in its result.
+    starts (``finished_result`` is ``None``) and when it ends. ``hidden``: folders the kernels must
+    not see (the gradebook's ``--out``); the solutions' folders are always hidden from sandboxed
+    kernels. Raises :class:`GradeError` only for a run that cannot start (no submissions); a
+    submission's own trouble is in its result.
     """
     if not submissions:
         raise GradeError("no submissions to grade; give notebook files, folders of them, or glob patterns")
     settings = settings or GradeSettings()
-    return run_sync(lambda: _grade_all(submissions, exercises, settings, progress))
+    folders = [Path(folder) for folder in hidden]
+    return run_sync(lambda: _grade_all(submissions, exercises, settings, progress, folders))
