@@ -50,6 +50,11 @@ CELL_OUTPUT_CHARS = 200_000
 NOTEBOOK_OUTPUT_CHARS = 5_000_000
 #: Outputs kept per cell (many small prints arrive as many stream messages).
 CELL_OUTPUTS = 200
+#: Set-aside records (the grader's seals) kept per cell, and characters per record: a check shows
+#: one seal; a notebook that displays thousands of records of that type keeps only these, and the
+#: records also count against the cell's and the notebook's output characters above.
+ASIDE_RECORDS = 20
+ASIDE_RECORD_CHARS = 20_000
 #: Traceback lines kept per error, and characters per line.
 TRACEBACK_LINES = 60
 LINE_CHARS = 2_000
@@ -148,6 +153,19 @@ def _classes() -> tuple[type, type]:
                 return 0
             return max(0, min(CELL_OUTPUT_CHARS - self.used[index], NOTEBOOK_OUTPUT_CHARS - self.total_used))
 
+        def _set_aside(self, index: int, cell: Any, record: Any) -> None:
+            """Keep ``record`` for the grader if it is small and the cell's quota allows, else count it."""
+            try:
+                size = len(json.dumps(record))
+            except (TypeError, ValueError, RecursionError):
+                size = ASIDE_RECORD_CHARS + 1
+            kept = self.aside[index]
+            if len(kept) >= ASIDE_RECORDS or size > ASIDE_RECORD_CHARS or size > self._room(index, cell):
+                self.dropped[index] += size
+                return
+            kept.append(record)
+            self._spend(index, size)
+
         def _spend(self, index: int, size: int) -> None:
             self.used[index] += size
             self.total_used += size
@@ -159,7 +177,7 @@ def _classes() -> tuple[type, type]:
                 return None  # no widgets when grading
             data = content.get("data") if isinstance(content.get("data"), dict) else None
             if kind == "display_data" and data is not None and self.aside_mime in data:
-                self.aside[cell_index].append(data[self.aside_mime])
+                self._set_aside(cell_index, cell, data[self.aside_mime])
                 return None
             if kind == "stream":
                 text = str(content.get("text", ""))
