@@ -224,3 +224,22 @@ def test_without_the_sandbox_a_kernel_still_gets_a_private_room(tmp_path):
     assert run.fate is CellFate.OK
     assert nb.cells[0].outputs[0]["text"].strip() == str(rooms[0].work)
     assert not rooms[0].root.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/environ")
+def test_without_the_sandbox_processes_that_left_the_kernels_group_are_found_by_their_mark(tmp_path):
+    marker = f"labkit-escape-{secrets.token_hex(6)}"
+    sleeper = f"import time; time.sleep(120)  # {marker}"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os, subprocess, sys\n"
+        f"subprocess.Popen([sys.executable, '-c', {sleeper!r}], start_new_session=True,\n"
+        "                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "os.environ.clear()  # too late: /proc keeps the environment the process started with\n")])
+    engine = NotebookRun(nb, EngineSettings(timeout=20, max_kernels=1), workdir=tmp_path, fresh_dirs=True,
+                         sandbox=SandboxInfo(None, "off"))
+    (run,) = run_sync(engine.run)
+    assert run.fate is CellFate.OK
+    deadline = time.monotonic() + 5
+    while _marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _marked(marker) == []

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import time
 from collections import defaultdict
@@ -36,7 +37,13 @@ from typing import Any
 from .._exits import ending
 from ._sandbox import Room, SandboxInfo, kernel_process, sandbox_command
 
-__all__ = ["CellFate", "Kernel", "clean_text", "describe_exit"]
+__all__ = ["CellFate", "Kernel", "KERNEL_MARK_ENV", "clean_text", "describe_exit"]
+
+#: Environment variable every kernel gets, with a random value of its own. Without a sandbox it is
+#: how the grader finds, when the kernel stops, the processes that left its process group
+#: (``start_new_session``, a double fork): they inherit the value, and ``/proc/PID/environ`` keeps
+#: showing it whatever the process does to ``os.environ`` later.
+KERNEL_MARK_ENV = "LABKIT_GRADE_KERNEL"
 
 #: Seconds a timed-out cell's kernel has, after the interrupt, to answer a probe before it is
 #: called stuck and restarted. An interrupted Python loop answers in milliseconds; code that
@@ -221,6 +228,7 @@ class Kernel:
         self.memory_limit = memory_limit
         self.timeout_token = timeout_token
         self.room = room
+        self.mark = secrets.token_hex(16)
         self.sandboxed = bool(room is not None and sandbox is not None and sandbox.enabled)
         self.km = manager_class(kernel_name=kernel_name, log=log)
         if room is not None:
@@ -254,7 +262,7 @@ class Kernel:
         """Start the kernel in ``cwd`` and connect to it; its own stdout and stderr are discarded."""
         import subprocess
 
-        room_env = self.room.env() if self.room is not None else {}
+        room_env = {**(self.room.env() if self.room is not None else {}), KERNEL_MARK_ENV: self.mark}
         await self.client.async_start_new_kernel(
             cwd=str(cwd), env={**os.environ, **room_env, **env}, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
@@ -398,6 +406,32 @@ class Kernel:
             await self._wait_for_group(REAP_GRACE)
             await self._end_group_gently()
             self.kill_group()
+            if not self.sandboxed:  # a sandbox's PID namespace is gone; else find the runaways
+                self.kill_marked()
+
+    def kill_marked(self) -> list[int]:
+        """Kill every process that carries this kernel's mark in its environment; their pids.
+
+        Catches what left the kernel's process group without a sandbox: a child started in a new
+        session, a double-forked daemon. A process that cleared its environment with ``execve``
+        escapes this; only the sandbox's PID namespace is airtight.
+        """
+        import psutil
+
+        wanted = f"{KERNEL_MARK_ENV}={self.mark}".encode()
+        killed = []
+        for pid in psutil.pids():
+            if pid == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    if wanted not in handle.read().split(b"\0"):
+                        continue
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except (OSError, ValueError):
+                continue  # gone, or not ours to read
+        return killed
 
     async def _wait_for_group(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
