@@ -159,3 +159,22 @@ def test_a_flood_of_seal_records_is_capped_and_scores_nothing(hostile):
 
 def test_the_run_says_how_kernels_were_isolated(hostile):
     assert "[6/6]" in hostile.stderr
+
+
+def test_the_gradebook_is_written_from_a_fresh_folder_so_injected_results_do_not_survive(tmp_path):
+    from labkit.grading._gradebook import write_gradebook
+    from labkit.grading.grade import GradeReport, Submission, SubmissionResult, SubmissionStatus
+
+    out = tmp_path / "grades"
+    for folder in ("results", "feedback"):
+        (out / folder).mkdir(parents=True)
+    (out / "results" / "zz_injected.ex01.json").write_text('{"score": 7}', encoding="utf-8")
+    (out / "feedback" / "zz_injected.md").write_text("7/7", encoding="utf-8")
+    result = SubmissionResult(Submission(tmp_path / "amy.ipynb", "amy"), None, SubmissionStatus.REJECTED,
+                              message="the file is empty")
+    files = write_gradebook(GradeReport((result,), seconds=1.0, jobs=1), out)
+    assert sorted(p.name for p in (out / "results").iterdir()) == ["amy.unknown.json"]
+    assert sorted(p.name for p in (out / "feedback").iterdir()) == ["amy.md"]
+    assert files.gradebook == out / "gradebook.csv" and files.gradebook.exists()
+    assert files.results == (out / "results" / "amy.unknown.json",)
+    assert sorted(p.name for p in out.iterdir()) == ["feedback", "gradebook.csv", "results"]
