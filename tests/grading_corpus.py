@@ -459,3 +459,25 @@ def flooder() -> nbformat.NotebookNode:
         f"    display({{{SEAL_MIME!r}: {{'part': 'ex01.offload_hash', 'passed': True, 'message': 'x' * 100_000,\n"
         "                            'token': '0' * 64}}, raw=True)\n"))
     return nb
+
+
+def copycat(other: Path) -> nbformat.NotebookNode:
+    """Blocking code that, at grading time, replaces its ``login`` and ``count_report`` with those of
+    another student's notebook ``other``, read from the submissions folder."""
+    nb = blocking()
+
+    def borrow(definition: str) -> str:
+        return (
+            "\n\nimport json\n"
+            "try:\n"
+            f"    _cells = json.load(open({str(other)!r}))['cells']\n"
+            "except (OSError, ValueError):\n"
+            "    _cells = []\n"
+            "for _cell in _cells:\n"
+            "    _source = ''.join(_cell['source'])\n"
+            f"    if _cell['cell_type'] == 'code' and _source.startswith({definition!r}):\n"
+            "        exec(_source, globals())\n")
+
+    for definition in (LOGIN_DEF, REPORT_DEF):
+        nb.cells[_cell_index(nb, definition)].source += borrow(definition)
+    return nb

@@ -106,7 +106,7 @@ class NotebookRun:
     ``fresh_dirs``), returns extra environment variables for that kernel.
 
     ``sandbox``: run each kernel in a bubblewrap sandbox (needs ``fresh_dirs``), with
-    ``read_only`` files bound into it and ``hidden`` folders covered.
+    ``read_only`` files bound into it, ``hidden`` folders covered and ``blanked`` files emptied.
     """
 
     def __init__(
@@ -124,6 +124,7 @@ class NotebookRun:
         sandbox: SandboxInfo | None = None,
         read_only: tuple[Path, ...] = (),
         hidden: tuple[Path, ...] = (),
+        blanked: tuple[Path, ...] = (),
     ) -> None:
         if settings.timeout < 1:
             raise ConfigurationError(f"the cell timeout must be at least 1 second, got {settings.timeout}")
@@ -139,6 +140,7 @@ class NotebookRun:
         self.sandbox = sandbox if fresh_dirs else None
         self.read_only = read_only
         self.hidden = hidden
+        self.blanked = blanked
         self.kernels_started = 0
         self._timeout_token = secrets.token_hex(16)
         self._deadline: float | None = None
@@ -187,7 +189,7 @@ class NotebookRun:
         kernel = Kernel(self.nb, kernel_name=settings.kernel_name, startup_timeout=settings.startup_timeout,
                         memory_limit=settings.memory_limit, aside_mime=self.aside_mime,
                         timeout_token=self._timeout_token, room=room, sandbox=self.sandbox,
-                        read_only=self.read_only, hidden=self.hidden)
+                        read_only=self.read_only, hidden=self.hidden, blanked=self.blanked)
         cwd = room.work if room is not None else self.workdir
         try:
             try:

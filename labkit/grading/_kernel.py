@@ -222,7 +222,7 @@ class Kernel:
     def __init__(self, nb: Any, *, kernel_name: str, startup_timeout: int, memory_limit: int | None,
                  aside_mime: str | None, timeout_token: str, room: Room | None = None,
                  sandbox: SandboxInfo | None = None, read_only: tuple[Path, ...] = (),
-                 hidden: tuple[Path, ...] = ()) -> None:
+                 hidden: tuple[Path, ...] = (), blanked: tuple[Path, ...] = ()) -> None:
         manager_class, client_class = _classes()
         log = _null_logger()
         self.memory_limit = memory_limit
@@ -241,7 +241,7 @@ class Kernel:
             self.km.transport = "ipc"
             self.km.ip = str(room.ipc / "kernel")
             self.km.labkit_wrap = lambda command: sandbox_command(tool, command, room, read_only=read_only,
-                                                                  hidden=hidden)
+                                                                  hidden=hidden, blanked=blanked)
         self.client = client_class(
             nb, km=self.km, aside_mime=aside_mime, log=log, kernel_name=kernel_name,
             allow_errors=True, interrupt_on_timeout=True, startup_timeout=startup_timeout,

@@ -15,7 +15,8 @@ the corridor through a locked glass door, and everything left behind is cleared 
     room/arm    --bind (rw), 0700, one key file ---> same path: read once by the grader's first cell
     checks' lock file --ro-bind------------------------> same path (flock works on a read-only fd)
     /  --ro-bind (read-only) ; /tmp, /dev/shm: fresh tmpfs ; /proc of its own PID namespace
-    solutions and --out folders: hidden under an empty read-only tmpfs
+    solutions, --out and submissions' folders: hidden under an empty read-only tmpfs (a folder
+    that holds Python or labkit itself cannot be hidden: its submission files are blanked instead)
 
 What each option buys:
 
@@ -157,23 +158,32 @@ class Room:
 
 
 def sandbox_command(tool: str, command: Sequence[str], room: Room, *, read_only: Iterable[Path] = (),
-                    hidden: Iterable[Path] = ()) -> list[str]:
+                    hidden: Iterable[Path] = (), blanked: Iterable[Path] = ()) -> list[str]:
     """``command`` wrapped in bwrap for ``room``.
 
     ``read_only``: extra files or folders bound read-only at their own path (the checks' lock file,
     which lives in the hidden /tmp). ``hidden``: folders covered by an empty read-only tmpfs (the
-    solutions and the gradebook's folder).
+    solutions, the gradebook's folder, the submissions' folders); a folder that holds the
+    interpreter or labkit cannot be covered, so each file of ``blanked`` in it reads as empty.
     """
     options = [tool, *_base_options()]
     for folder in (room.work, room.ipc, room.state, room.arm):
         options += ["--bind", str(folder), str(folder)]
+    read_only = [Path(path) for path in read_only]
     for path in read_only:
         if Path(path).exists():
             options += ["--ro-bind", str(path), str(path)]
-    for folder in hidden:
-        folder = Path(folder).resolve()
-        if folder.is_dir() and not _holds_python(folder):
+    covered: list[Path] = []
+    for folder in sorted({Path(folder).resolve() for folder in hidden}, key=lambda path: len(path.parts)):
+        needed = [room.root.resolve(), *(Path(path).resolve() for path in read_only)]
+        if any(path == folder or folder in path.parents for path in needed):
+            continue  # it holds this kernel's own room, or the lock file: blank its files instead
+        if folder.is_dir() and not _holds_python(folder) and not any(c in folder.parents for c in covered):
+            covered.append(folder)
             options += ["--tmpfs", str(folder), "--remount-ro", str(folder)]
+    for path in {Path(path).resolve() for path in blanked}:
+        if path.is_file() and not any(c in path.parents for c in covered):
+            options += ["--ro-bind", "/dev/null", str(path)]
     # ipykernel quits when its parent is PID 1, which bwrap's init is inside; the value 1 turns
     # that watch off, and --die-with-parent does its job instead.
     options += ["--setenv", "JPY_PARENT_PID", "1", "--chdir", str(room.work), "--"]

@@ -218,16 +218,20 @@ class _Grader:
     """One grading run: shared turn for check cells, scratch folder, sandbox, settings."""
 
     def __init__(self, exercises: Mapping[str, Exercise], settings: GradeSettings, scratch: Path,
-                 sandbox: SandboxInfo, hidden: Sequence[Path] = ()) -> None:
+                 sandbox: SandboxInfo, hidden: Sequence[Path] = (), submissions: Sequence[Submission] = ()) -> None:
         self.exercises = exercises
         self.settings = settings
         self.scratch = scratch
         self.turn = asyncio.Lock()
         self.lock_path = settings.lock_path or default_lock_path()
         self.sandbox = sandbox
-        # Kernels never see the solutions (read into memory already) nor where grades are written.
+        # Kernels never see the solutions (read into memory already), where grades are written, nor
+        # the submissions (read by the grader, given to kernels as cells): no student's code can
+        # run another student's.
         self.hidden = tuple(dict.fromkeys([*(e.path.parent.resolve() for e in exercises.values()),
-                                           *(Path(p).resolve() for p in hidden)]))
+                                           *(Path(p).resolve() for p in hidden),
+                                           *(s.path.resolve().parent for s in submissions)]))
+        self.blanked = tuple(dict.fromkeys(s.path.resolve() for s in submissions))
 
     async def grade(self, submission: Submission) -> SubmissionResult:
         """Read, plan, run and score one submission; whatever happens, one result."""
@@ -289,7 +293,7 @@ class _Grader:
             exclusive=lambda index: plan[index].kind == "check",
             turn=self.turn, aside_mime=SEAL_MIME,
             kernel_env=lambda room: self._kernel_env(room, keys, engine.kernels_started),
-            sandbox=self.sandbox, read_only=(Path(self.lock_path),), hidden=self.hidden,
+            sandbox=self.sandbox, read_only=(Path(self.lock_path),), hidden=self.hidden, blanked=self.blanked,
         )
         try:
             runs = await engine.run()
@@ -361,7 +365,8 @@ async def _grade_all(submissions: Sequence[Submission], exercises: Mapping[str, 
                          f"set {CHECK_LOCK_ENV} to a file you may create") from exc
     with tempfile.TemporaryDirectory(prefix="labkit-grade-", ignore_cleanup_errors=True) as scratch:
         sandbox = detect()
-        grader = _Grader(exercises, replace(settings, lock_path=lock_path), Path(scratch), sandbox, hidden)
+        grader = _Grader(exercises, replace(settings, lock_path=lock_path), Path(scratch), sandbox, hidden,
+                         submissions)
 
         async def worker() -> None:
             nonlocal done
