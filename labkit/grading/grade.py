@@ -9,7 +9,7 @@
                                         \\      v
                            plan: the student's cells + the canonical checks (hidden ones too)
                                                |
-                 --jobs workers, each: fresh kernel, fresh folder, own ports (engine: _engine.py)
+       --jobs workers, each: fresh kernel in a sandbox of its own, fresh key (engine: _engine.py)
                                                |  check cells take turns (one at a time), and
                                                |  hold the machine-wide lock file while they run
                                                v
@@ -56,17 +56,43 @@ Defended (a notebook cannot raise its score by):
 - looping, sleeping, crashing or exhausting memory: per-cell and per-submission time limits, a
   memory limit, and a fresh kernel after a crash give zeros for the parts broken, no more;
 - huge outputs, control characters and terminal escapes in messages, names starting with ``=``
-  (spreadsheet formulas): capped, stripped, quoted.
+  (spreadsheet formulas), thousands of records of the grader's own seal type: capped, stripped,
+  quoted (:mod:`labkit.grading._kernel`, :mod:`labkit.grading._results`);
+- stealing keys: every kernel, a replacement after a crash included, gets a fresh key in a 0700
+  folder of its own, read and deleted by the grader's first cell; a seal counts only under the key
+  of the kernel that ran the check, so a key from another kernel is worth nothing.
 
-Out of scope (the student's code runs in the same interpreter as the checks, as the same OS user):
+With the sandbox (:mod:`labkit.grading._sandbox`; bubblewrap, on Linux; the run's
+:func:`sandbox_status` line says whether it is in use), each kernel also runs in PID, network,
+IPC and mount namespaces of its own, without capabilities, so a notebook cannot:
+
+- leave a process behind (new sessions and double forks die with the kernel's namespace);
+- leave shared memory behind (its ``/dev/shm`` is a private tmpfs);
+- reach the grader, another submission's servers or anything on the host's network (loopback only;
+  the kernel's channels are Unix sockets in its own folder);
+- write anywhere but its own working folder, ``/tmp``, IPython's folders and ``/dev/shm`` (the
+  root is read-only and cannot be remounted), nor see the solutions, the other submissions, their
+  scratch folders or ``--out`` (covered, and ``/proc`` lists only its own processes);
+  ``--out`` is in any case written from a fresh folder moved into place at the end.
+
+Without the sandbox (no bwrap, no namespaces, or ``LABKIT_GRADE_SANDBOX=0``), kernels run in
+sessions of their own and processes that carry a kernel's environment mark are killed with it;
+network, file and cross-submission reads are then as open as the grader's own user's.
+
+Out of scope, even with the sandbox:
 
 - deliberate introspection of the grader's agent in the kernel (closures, ``gc``, frames) to
-  find the key, or patching IPython, the kernel or native code;
-- reading or tampering with other files of the same user, including other submissions' folders
-  while they are graded, or holding the machine-wide lock file to slow other checks down;
-- anything a sandbox would stop: network access, fork bombs, filling the disk.
+  find the key of *its own* kernel, or patching IPython, the kernel or native code: the key
+  lives in the same interpreter as the student's code (it is gone from files and the
+  environment, but not from memory);
+- filling its private ``/tmp`` or ``/dev/shm`` (tmpfs, held in the machine's memory, not counted
+  by the memory watch), fork bombs, and holding the machine-wide lock file (bound read-only into
+  every sandbox: ``flock`` needs no write access) to slow other checks down;
+- reading files the grader's user may read outside the covered folders (the root file system is
+  visible, read-only).
 
-For hostile code, run ``labkit grade`` inside a container or a throwaway user account.
+For hostile code without bubblewrap, run ``labkit grade`` inside a container or a throwaway user
+account.
 """
 
 from __future__ import annotations
