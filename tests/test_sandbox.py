@@ -249,3 +249,17 @@ def test_without_the_sandbox_processes_that_left_the_kernels_group_are_found_by_
     while _marked(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _marked(marker) == []
+
+
+@needs_bwrap
+def test_the_private_tmp_and_dev_shm_hold_no_more_than_the_kernels_memory_limit(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os\n"
+        "print(os.statvfs('/tmp').f_blocks * os.statvfs('/tmp').f_frsize,\n"
+        "      os.statvfs('/dev/shm').f_blocks * os.statvfs('/dev/shm').f_frsize)")])
+    limit = 300 * 2**20
+    engine = NotebookRun(nb, EngineSettings(timeout=20, max_kernels=1, memory_limit=limit), workdir=tmp_path,
+                         fresh_dirs=True, sandbox=detect())
+    (run,) = run_sync(engine.run)
+    assert run.fate is CellFate.OK
+    assert nb.cells[0].outputs[0]["text"].split() == [str(limit), str(limit)]

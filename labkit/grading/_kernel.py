@@ -241,7 +241,8 @@ class Kernel:
             self.km.transport = "ipc"
             self.km.ip = str(room.ipc / "kernel")
             self.km.labkit_wrap = lambda command: sandbox_command(tool, command, room, read_only=read_only,
-                                                                  hidden=hidden, blanked=blanked)
+                                                                  hidden=hidden, blanked=blanked,
+                                                                  tmpfs_bytes=memory_limit)
         self.client = client_class(
             nb, km=self.km, aside_mime=aside_mime, log=log, kernel_name=kernel_name,
             allow_errors=True, interrupt_on_timeout=True, startup_timeout=startup_timeout,

@@ -31,7 +31,7 @@ What each option buys:
 - ``--cap-drop ALL``: the kernel runs as root in CI, but without capabilities it cannot remount
   what it was given read-only, nor mount anything.
 - ``--tmpfs /tmp``, ``--tmpfs /dev/shm``: private, and gone with the sandbox (no shared-memory
-  segment can outlive its grading). Other submissions' folders, which live in the grader's own
+  segment can outlive its grading); each holds at most the kernel's memory limit. Other submissions' folders, which live in the grader's own
   temporary folder, are not in it.
 
 Where bwrap is missing or namespaces are refused (a container without user namespaces, macOS),
@@ -114,9 +114,10 @@ def describe_sandbox(info: SandboxInfo) -> str:
             f"can leave, and can see this user's files")
 
 
-def _base_options() -> list[str]:
-    return ["--ro-bind", "/", "/", "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+def _base_options(tmpfs_bytes: int | None = None) -> list[str]:
+    size = ["--size", str(tmpfs_bytes)] if tmpfs_bytes else []
+    return ["--ro-bind", "/", "/", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", "--proc", "/proc",
+            *size, "--tmpfs", "/tmp", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--cap-drop", "ALL", "--die-with-parent"]
 
 
@@ -158,15 +159,18 @@ class Room:
 
 
 def sandbox_command(tool: str, command: Sequence[str], room: Room, *, read_only: Iterable[Path] = (),
-                    hidden: Iterable[Path] = (), blanked: Iterable[Path] = ()) -> list[str]:
+                    hidden: Iterable[Path] = (), blanked: Iterable[Path] = (),
+                    tmpfs_bytes: int | None = None) -> list[str]:
     """``command`` wrapped in bwrap for ``room``.
 
     ``read_only``: extra files or folders bound read-only at their own path (the checks' lock file,
     which lives in the hidden /tmp). ``hidden``: folders covered by an empty read-only tmpfs (the
     solutions, the gradebook's folder, the submissions' folders); a folder that holds the
     interpreter or labkit cannot be covered, so each file of ``blanked`` in it reads as empty.
+    ``tmpfs_bytes``: the most each of its private ``/tmp`` and ``/dev/shm`` may hold (they live in
+    memory, which the memory watch does not see there); the grader gives the kernel's memory limit.
     """
-    options = [tool, *_base_options()]
+    options = [tool, *_base_options(tmpfs_bytes)]
     for folder in (room.work, room.ipc, room.state, room.arm):
         options += ["--bind", str(folder), str(folder)]
     read_only = [Path(path) for path in read_only]
