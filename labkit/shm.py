@@ -25,9 +25,13 @@ after attaching is no cure, because children of one pool share one tracker that 
 names, not a count. So labkit opens and maps POSIX segments itself and never involves the tracker
 (the equivalent of 3.13's ``track=False``, for owners too). That also means no tracker process is
 started behind a notebook's back. What the tracker would have done when an owner is killed with
-SIGKILL, :func:`leftover_segments` and :func:`remove_leftovers` do on request: every segment name
-carries the creator's pid (``labkit_<pid>_<random>``), so a segment whose creator is gone is known
-to be garbage.
+SIGKILL, labkit does by itself: every segment name carries the creator's pid and, on Linux, the
+identity of the PID namespace that pid belongs to (``labkit_<pid>_<namespace>_<random>``), so a
+segment whose creator is gone is known to be garbage. Each :meth:`SharedArray.create` sweeps away
+the segments of dead creators of its own namespace first, and :func:`remove_leftovers` does the
+same on request. A pid alone would not do: two containers (or two graders' sandboxes) sharing one
+``/dev/shm`` each have their own pid 42, and a sweep that trusted the pid would unlink a live
+neighbour's array. Segments of other namespaces are never swept: their creators cannot be seen.
 """
 
 from __future__ import annotations
@@ -59,12 +63,16 @@ __all__ = [
     "remove_leftovers",
 ]
 
-# Every segment labkit creates is named labkit_<creator pid>_<8 random hex digits>. The pid makes
-# leftovers recognisable after a crash; 32 random bits make a clash between two arrays of one
-# process a one-in-four-billion event (and a clash is retried). macOS caps names at 31 bytes
-# including the leading slash; the longest name here is 24.
+# Every segment labkit creates is named labkit_<creator pid>_<namespace>_<8 random hex digits>.
+# The pid makes leftovers recognisable after a crash; the namespace (the inode number of
+# /proc/self/ns/pid, in hex) says in which PID namespace that pid means something; 32 random bits
+# make a clash between two arrays of one process a one-in-four-billion event (and a clash is
+# retried). Where there is no /proc (macOS caps names at 31 bytes including the leading slash),
+# the namespace part is left out: labkit_<pid>_<random>, 24 bytes at most. Names without a
+# namespace (also those of older labkit versions) are only removed when asked, never swept.
 NAME_PREFIX = "labkit_"
 _NAME_PATTERN = re.compile(rf"^{NAME_PREFIX}(\d+)_[0-9a-f]+$")
+_NAMESPACED_PATTERN = re.compile(rf"^{NAME_PREFIX}(\d+)_([0-9a-f]+)_[0-9a-f]+$")
 _NAME_ATTEMPTS = 8
 
 # Where Linux shows POSIX shared memory as files.
@@ -155,8 +163,12 @@ class SharedArray:
         """
         shape, dtype = _check_shape(shape), _check_dtype(dtype)
         handle_nbytes = math.prod(shape) * dtype.itemsize
+        namespace = _pid_namespace()
+        if namespace is not None:
+            _sweep(namespace)
         for _ in range(_NAME_ATTEMPTS):
-            name = f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+            where = f"{namespace}_" if namespace is not None else ""
+            name = f"{NAME_PREFIX}{os.getpid()}_{where}{secrets.token_hex(4)}"
             try:
                 segment = _open_segment(name, create=True, size=max(handle_nbytes, 1))
                 break
@@ -333,22 +345,56 @@ def _attach(handle: SharedArrayHandle) -> SharedArray:
 # leftovers
 
 
+def _pid_namespace() -> str | None:
+    """This process's PID namespace as a short hex id, or ``None`` where Linux namespaces are not seen."""
+    try:
+        return format(os.stat("/proc/self/ns/pid").st_ino, "x")
+    except OSError:
+        return None
+
+
+def _dead_creators(namespace: str | None, *, unmarked: bool) -> list[str]:
+    """Segments of ``namespace`` whose creator is gone; with ``unmarked``, also names without one."""
+    if not sys.platform.startswith("linux") or not SHM_DIR.is_dir():
+        return []
+    found = []
+    try:
+        entries = [entry.name for entry in SHM_DIR.iterdir()]
+    except OSError:
+        return []
+    for name in entries:
+        match = _NAMESPACED_PATTERN.match(name)
+        if match is not None:
+            pid, where = int(match[1]), match[2]
+            if where == namespace and not psutil.pid_exists(pid):
+                found.append(name)
+        elif unmarked and (match := _NAME_PATTERN.match(name)) and not psutil.pid_exists(int(match[1])):
+            found.append(name)
+    return sorted(found)
+
+
+def _sweep(namespace: str) -> None:
+    """Unlink the segments of dead creators of ``namespace`` (before a new one is made)."""
+    for name in _dead_creators(namespace, unmarked=False):
+        try:
+            (SHM_DIR / name).unlink()
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+
+
 def leftover_segments() -> list[str]:
     """Names of segments labkit created whose creating process no longer exists.
 
     They are what a killed notebook kernel or worker left in ``/dev/shm``; they use RAM until
-    removed (:func:`remove_leftovers`) or until the machine restarts. A segment whose creator's
-    pid has been reused by an unrelated process is not listed (it looks alive): harmless, just
-    conservative. Linux only; on other systems (no ``/dev/shm`` to look in) this returns ``[]``.
+    removed (:func:`remove_leftovers`, which every :meth:`SharedArray.create` also does for its
+    own PID namespace) or until the machine restarts. Only segments whose name carries this
+    process's PID namespace, or no namespace at all (older names), are judged: a creator in
+    another container or sandbox cannot be seen, so its segments are never listed. A segment
+    whose creator's pid has been reused by an unrelated process is not listed (it looks alive):
+    harmless, just conservative. Linux only; on other systems (no ``/dev/shm`` to look in) this
+    returns ``[]``.
     """
-    if not sys.platform.startswith("linux") or not SHM_DIR.is_dir():
-        return []
-    found = []
-    for entry in SHM_DIR.iterdir():
-        match = _NAME_PATTERN.match(entry.name)
-        if match and not psutil.pid_exists(int(match[1])):
-            found.append(entry.name)
-    return sorted(found)
+    return _dead_creators(_pid_namespace(), unmarked=True)
 
 
 def remove_leftovers() -> list[str]:

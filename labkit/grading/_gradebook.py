@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
@@ -179,8 +180,34 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_gradebook(report: GradeReport, out: str | os.PathLike[str]) -> GradebookFiles:
-    """Write the gradebook, one JSON file per submission and one feedback file per student."""
+    """Write the gradebook, one JSON file per submission and one feedback file per student.
+
+    Everything is written into a fresh hidden folder inside ``out`` first, then moved into place:
+    ``results`` and ``feedback`` are replaced whole, so no file that someone else put there (a
+    submission run without a sandbox, an earlier run) survives beside the grader's own.
+    """
     out = prepare_out(out)
+    fresh = Path(tempfile.mkdtemp(dir=out, prefix=".gradebook-"))
+    try:
+        for folder in ("results", "feedback"):
+            (fresh / folder).mkdir()
+        written = _write_files(report, fresh)
+        for folder in ("results", "feedback"):
+            if (out / folder).exists():
+                os.replace(out / folder, fresh / f"replaced-{folder}")
+            os.replace(fresh / folder, out / folder)
+        os.replace(fresh / "gradebook.csv", out / "gradebook.csv")
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+    def moved(path: Path) -> Path:
+        return out / path.relative_to(fresh)
+
+    return GradebookFiles(moved(written.gradebook), tuple(map(moved, written.results)),
+                          tuple(map(moved, written.feedback)))
+
+
+def _write_files(report: GradeReport, out: Path) -> GradebookFiles:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=GRADEBOOK_COLUMNS)
     writer.writeheader()

@@ -7,6 +7,11 @@ student's notebook started outlives its grading.
 
 A timeout interrupts the kernel process alone (SIGINT to its pid, not to its group), as Jupyter's
 stop button would with a process pool that survives: the pool's workers are not the ones looping.
+
+When the grader sandboxes its kernels (:mod:`labkit.grading._sandbox`), the process jupyter_client
+starts is bwrap: the group then holds bwrap, its init and, inside the PID namespace, everything the
+submission started; the interrupt goes to the kernel's own host pid below bwrap's two processes,
+and the kernel's channels are Unix sockets in its room, not TCP ports.
 The kernel's own stdout and stderr (log lines, writes from native code) go nowhere, so they never
 reach the terminal; everything a cell shows arrives through the notebook protocol, capped.
 """
@@ -20,6 +25,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import time
 from collections import defaultdict
@@ -29,8 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from .._exits import ending
+from ._sandbox import Room, SandboxInfo, kernel_process, sandbox_command
 
-__all__ = ["CellFate", "Kernel", "clean_text", "describe_exit"]
+__all__ = ["CellFate", "Kernel", "KERNEL_MARK_ENV", "clean_text", "describe_exit"]
+
+#: Environment variable every kernel gets, with a random value of its own. Without a sandbox it is
+#: how the grader finds, when the kernel stops, the processes that left its process group
+#: (``start_new_session``, a double fork): they inherit the value, and ``/proc/PID/environ`` keeps
+#: showing it whatever the process does to ``os.environ`` later.
+KERNEL_MARK_ENV = "LABKIT_GRADE_KERNEL"
 
 #: Seconds a timed-out cell's kernel has, after the interrupt, to answer a probe before it is
 #: called stuck and restarted. An interrupted Python loop answers in milliseconds; code that
@@ -44,6 +57,11 @@ CELL_OUTPUT_CHARS = 200_000
 NOTEBOOK_OUTPUT_CHARS = 5_000_000
 #: Outputs kept per cell (many small prints arrive as many stream messages).
 CELL_OUTPUTS = 200
+#: Set-aside records (the grader's seals) kept per cell, and characters per record: a check shows
+#: one seal; a notebook that displays thousands of records of that type keeps only these, and the
+#: records also count against the cell's and the notebook's output characters above.
+ASIDE_RECORDS = 20
+ASIDE_RECORD_CHARS = 20_000
 #: Traceback lines kept per error, and characters per line.
 TRACEBACK_LINES = 60
 LINE_CHARS = 2_000
@@ -104,12 +122,22 @@ def _classes() -> tuple[type, type]:
     class GradingKernelManager(AsyncKernelManager):
         """Interrupts the kernel process alone: its process pools keep their workers."""
 
+        #: Wraps the kernel's command line (into a sandbox), or ``None``; set per instance.
+        labkit_wrap: Any = None
+
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            command = super().format_kernel_cmd(extra_arguments)
+            return self.labkit_wrap(command) if self.labkit_wrap is not None else command
+
         # AsyncKernelManager's own interrupt_kernel is a coroutine function too; jupyter_client declares
         # it on KernelManager as a plain function, which is what mypy compares against.
         async def interrupt_kernel(self) -> None:  # type: ignore[override]
             process = getattr(self.provisioner, "process", None)
             if os.name == "posix" and process is not None and process.poll() is None:
-                os.kill(process.pid, signal.SIGINT)
+                target = kernel_process(process.pid) if self.labkit_wrap is not None else process.pid
+                if target is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(target, signal.SIGINT)
             else:
                 await super().interrupt_kernel()
 
@@ -134,6 +162,19 @@ def _classes() -> tuple[type, type]:
                 return 0
             return max(0, min(CELL_OUTPUT_CHARS - self.used[index], NOTEBOOK_OUTPUT_CHARS - self.total_used))
 
+        def _set_aside(self, index: int, cell: Any, record: Any) -> None:
+            """Keep ``record`` for the grader if it is small and the cell's quota allows, else count it."""
+            try:
+                size = len(json.dumps(record))
+            except (TypeError, ValueError, RecursionError):
+                size = ASIDE_RECORD_CHARS + 1
+            kept = self.aside[index]
+            if len(kept) >= ASIDE_RECORDS or size > ASIDE_RECORD_CHARS or size > self._room(index, cell):
+                self.dropped[index] += size
+                return
+            kept.append(record)
+            self._spend(index, size)
+
         def _spend(self, index: int, size: int) -> None:
             self.used[index] += size
             self.total_used += size
@@ -145,7 +186,7 @@ def _classes() -> tuple[type, type]:
                 return None  # no widgets when grading
             data = content.get("data") if isinstance(content.get("data"), dict) else None
             if kind == "display_data" and data is not None and self.aside_mime in data:
-                self.aside[cell_index].append(data[self.aside_mime])
+                self._set_aside(cell_index, cell, data[self.aside_mime])
                 return None
             if kind == "stream":
                 text = str(content.get("text", ""))
@@ -181,12 +222,29 @@ class Kernel:
     """One kernel process: started, given cells, stopped together with its process group."""
 
     def __init__(self, nb: Any, *, kernel_name: str, startup_timeout: int, memory_limit: int | None,
-                 aside_mime: str | None, timeout_token: str) -> None:
+                 aside_mime: str | None, timeout_token: str, room: Room | None = None,
+                 sandbox: SandboxInfo | None = None, read_only: tuple[Path, ...] = (),
+                 hidden: tuple[Path, ...] = (), blanked: tuple[Path, ...] = ()) -> None:
         manager_class, client_class = _classes()
         log = _null_logger()
         self.memory_limit = memory_limit
         self.timeout_token = timeout_token
+        self.room = room
+        self.mark = secrets.token_hex(16)
+        self.sandboxed = bool(room is not None and sandbox is not None and sandbox.enabled)
         self.km = manager_class(kernel_name=kernel_name, log=log)
+        if room is not None:
+            # The connection file lives in the kernel's room; with a sandbox (no network of its own
+            # to share), the channels are Unix sockets there too.
+            self.km.connection_file = str(room.ipc / "connection.json")
+        if self.sandboxed:
+            assert room is not None and sandbox is not None and sandbox.tool is not None
+            tool = sandbox.tool
+            self.km.transport = "ipc"
+            self.km.ip = str(room.ipc / "kernel")
+            self.km.labkit_wrap = lambda command: sandbox_command(tool, command, room, read_only=read_only,
+                                                                  hidden=hidden, blanked=blanked,
+                                                                  tmpfs_bytes=memory_limit)
         self.client = client_class(
             nb, km=self.km, aside_mime=aside_mime, log=log, kernel_name=kernel_name,
             allow_errors=True, interrupt_on_timeout=True, startup_timeout=startup_timeout,
@@ -207,8 +265,10 @@ class Kernel:
         """Start the kernel in ``cwd`` and connect to it; its own stdout and stderr are discarded."""
         import subprocess
 
+        room_env = {**(self.room.env() if self.room is not None else {}), KERNEL_MARK_ENV: self.mark}
         await self.client.async_start_new_kernel(
-            cwd=str(cwd), env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=str(cwd), env={**os.environ, **room_env, **env}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
         self.pid = getattr(self.km.provisioner, "pid", None)
         self.pgid = getattr(self.km.provisioner, "pgid", None)
         await self.client.async_start_new_kernel_client()
@@ -264,7 +324,10 @@ class Kernel:
         if self.memory_reason:
             return self.memory_reason
         process = getattr(self.km.provisioner, "process", None)
-        return describe_exit(process.poll() if process is not None else None)
+        code = process.poll() if process is not None else None
+        if self.sandboxed and code is not None and code > 128:
+            code = -(code - 128)  # bwrap exits with 128 + the signal that killed the kernel
+        return describe_exit(code)
 
     async def _watch(self) -> None:
         import psutil
@@ -346,6 +409,32 @@ class Kernel:
             await self._wait_for_group(REAP_GRACE)
             await self._end_group_gently()
             self.kill_group()
+            if not self.sandboxed:  # a sandbox's PID namespace is gone; else find the runaways
+                self.kill_marked()
+
+    def kill_marked(self) -> list[int]:
+        """Kill every process that carries this kernel's mark in its environment; their pids.
+
+        Catches what left the kernel's process group without a sandbox: a child started in a new
+        session, a double-forked daemon. A process that cleared its environment with ``execve``
+        escapes this; only the sandbox's PID namespace is airtight.
+        """
+        import psutil
+
+        wanted = f"{KERNEL_MARK_ENV}={self.mark}".encode()
+        killed = []
+        for pid in psutil.pids():
+            if pid == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    if wanted not in handle.read().split(b"\0"):
+                        continue
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except (OSError, ValueError):
+                continue  # gone, or not ours to read
+        return killed
 
     async def _wait_for_group(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -18,8 +18,12 @@ from ._engine import CellFate, CellRun, clean_text
 from .checks import RESULT_MIME
 from .notebook import Part
 
-__all__ = ["PartStatus", "PartOutcome", "recorded_verdict", "describe_cell_source", "cell_problems",
+__all__ = ["MESSAGE_CHARS", "PartStatus", "PartOutcome", "recorded_verdict", "describe_cell_source", "cell_problems",
            "problems_before", "part_outcome"]
+
+
+#: Characters kept of one part's message, whatever made it (a check, a cell's error, a seal).
+MESSAGE_CHARS = 4_000
 
 
 class PartStatus(str, Enum):
@@ -49,6 +53,8 @@ class PartOutcome:
     status: PartStatus = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        if len(self.message) > MESSAGE_CHARS:
+            object.__setattr__(self, "message", clean_text(self.message, MESSAGE_CHARS))
         if self.status is None:
             object.__setattr__(self, "status", PartStatus.PASSED if self.passed else PartStatus.FAILED)
 

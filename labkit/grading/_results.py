@@ -10,7 +10,19 @@ from labkit.errors import LabkitError
 from ._submissions import Submission
 from .runner import PartOutcome
 
-__all__ = ["GradeError", "SubmissionStatus", "SubmissionResult", "GradeReport"]
+__all__ = ["PROBLEMS_KEPT", "GradeError", "SubmissionStatus", "SubmissionResult", "GradeReport"]
+
+
+#: Problems kept per submission (cells that raised, timed out or crashed), and characters each;
+#: the last one kept says how many more there were.
+PROBLEMS_KEPT = 50
+PROBLEM_CHARS = 1_000
+#: Characters kept of a submission's message (why it was rejected or could not be graded).
+MESSAGE_CHARS = 4_000
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class GradeError(LabkitError, RuntimeError):
@@ -48,6 +60,14 @@ class SubmissionResult:
     check_seconds: float = 0.0
     kernels: int = 0
 
+    def __post_init__(self) -> None:
+        # Whatever a submission made its kernel say, the record of it stays small.
+        object.__setattr__(self, "message", _cut(str(self.message), MESSAGE_CHARS))
+        problems = tuple(_cut(str(problem), PROBLEM_CHARS) for problem in self.problems[:PROBLEMS_KEPT])
+        if len(self.problems) > PROBLEMS_KEPT:
+            problems += (f"(and {len(self.problems) - PROBLEMS_KEPT} more problems, not listed)",)
+        object.__setattr__(self, "problems", problems)
+
     @property
     def student(self) -> str:
         """The student the submission belongs to."""
@@ -65,11 +85,15 @@ class SubmissionResult:
 
 @dataclass(frozen=True)
 class GradeReport:
-    """The results of one grading run, in the order the submissions were given."""
+    """The results of one grading run, in the order the submissions were given.
+
+    ``sandbox`` says how the kernels were isolated (see :func:`labkit.grading.grade.sandbox_status`).
+    """
 
     results: tuple[SubmissionResult, ...]
     seconds: float
     jobs: int
+    sandbox: str = ""
 
     @property
     def complete(self) -> bool:

@@ -9,7 +9,7 @@
                                         \\      v
                            plan: the student's cells + the canonical checks (hidden ones too)
                                                |
-                 --jobs workers, each: fresh kernel, fresh folder, own ports (engine: _engine.py)
+       --jobs workers, each: fresh kernel in a sandbox of its own, fresh key (engine: _engine.py)
                                                |  check cells take turns (one at a time), and
                                                |  hold the machine-wide lock file while they run
                                                v
@@ -56,17 +56,43 @@ Defended (a notebook cannot raise its score by):
 - looping, sleeping, crashing or exhausting memory: per-cell and per-submission time limits, a
   memory limit, and a fresh kernel after a crash give zeros for the parts broken, no more;
 - huge outputs, control characters and terminal escapes in messages, names starting with ``=``
-  (spreadsheet formulas): capped, stripped, quoted.
+  (spreadsheet formulas), thousands of records of the grader's own seal type: capped, stripped,
+  quoted (:mod:`labkit.grading._kernel`, :mod:`labkit.grading._results`);
+- stealing keys: every kernel, a replacement after a crash included, gets a fresh key in a 0700
+  folder of its own, read and deleted by the grader's first cell; a seal counts only under the key
+  of the kernel that ran the check, so a key from another kernel is worth nothing.
 
-Out of scope (the student's code runs in the same interpreter as the checks, as the same OS user):
+With the sandbox (:mod:`labkit.grading._sandbox`; bubblewrap, on Linux; the run's
+:func:`sandbox_status` line says whether it is in use), each kernel also runs in PID, network,
+IPC and mount namespaces of its own, without capabilities, so a notebook cannot:
+
+- leave a process behind (new sessions and double forks die with the kernel's namespace);
+- leave shared memory behind (its ``/dev/shm`` is a private tmpfs);
+- reach the grader, another submission's servers or anything on the host's network (loopback only;
+  the kernel's channels are Unix sockets in its own folder);
+- write anywhere but its own working folder, ``/tmp``, IPython's folders and ``/dev/shm`` (the
+  root is read-only and cannot be remounted), nor see the solutions, the other submissions, their
+  scratch folders or ``--out`` (covered, and ``/proc`` lists only its own processes);
+  ``--out`` is in any case written from a fresh folder moved into place at the end.
+
+Without the sandbox (no bwrap, no namespaces, or ``LABKIT_GRADE_SANDBOX=0``), kernels run in
+sessions of their own and processes that carry a kernel's environment mark are killed with it;
+network, file and cross-submission reads are then as open as the grader's own user's.
+
+Out of scope, even with the sandbox:
 
 - deliberate introspection of the grader's agent in the kernel (closures, ``gc``, frames) to
-  find the key, or patching IPython, the kernel or native code;
-- reading or tampering with other files of the same user, including other submissions' folders
-  while they are graded, or holding the machine-wide lock file to slow other checks down;
-- anything a sandbox would stop: network access, fork bombs, filling the disk.
+  find the key of *its own* kernel, or patching IPython, the kernel or native code: the key
+  lives in the same interpreter as the student's code (it is gone from files and the
+  environment, but not from memory);
+- filling its private ``/tmp`` or ``/dev/shm`` (tmpfs, held in the machine's memory, not counted
+  by the memory watch), fork bombs, and holding the machine-wide lock file (bound read-only into
+  every sandbox: ``flock`` needs no write access) to slow other checks down;
+- reading files the grader's user may read outside the covered folders (the root file system is
+  visible, read-only).
 
-For hostile code, run ``labkit grade`` inside a container or a throwaway user account.
+For hostile code without bubblewrap, run ``labkit grade`` inside a container or a throwaway user
+account.
 """
 
 from __future__ import annotations
@@ -99,6 +125,7 @@ from ._inkernel import ARM_ENV, SEAL_MIME, verify_seals
 from ._outcomes import PartOutcome, cell_problems, part_outcome, problems_before, recorded_verdict
 from ._plan import Exercise, load_exercise, new_alias, plan_cells
 from ._results import GradeError, GradeReport, SubmissionResult, SubmissionStatus
+from ._sandbox import Room, SandboxInfo, describe_sandbox, detect
 from ._submissions import Submission, SubmissionError, find_submissions, read_submission
 from .checks import CHECK_LOCK_ENV
 from .notebook import AssignError, Part
@@ -120,6 +147,7 @@ __all__ = [
     "write_gradebook",
     "default_lock_path",
     "ProgressCallback",
+    "sandbox_status",
 ]
 
 #: A submission may use this many per-cell timeouts in all, restarts and replays included.
@@ -266,20 +294,38 @@ def load_solutions(folder: str | os.PathLike[str]) -> dict[str, Exercise]:
     return exercises
 
 
+def sandbox_status() -> str:
+    """How this machine's kernels will be isolated, in one line for the start of a grading run.
+
+    ``sandbox: bubblewrap (...)`` or ``sandbox: NONE, <why>; ...`` when the grader falls back to
+    sessions of their own (no bwrap, no namespaces, or ``LABKIT_GRADE_SANDBOX=0``).
+    """
+    return describe_sandbox(detect())
+
+
 def _guess_exercise(submission: Submission, exercises: Mapping[str, Exercise]) -> Exercise | None:
     stem = submission.path.stem
     return next((e for e in exercises.values() if stem in (e.id, e.path.stem)), None)
 
 
 class _Grader:
-    """One grading run: shared turn for check cells, scratch folder, settings."""
+    """One grading run: shared turn for check cells, scratch folder, sandbox, settings."""
 
-    def __init__(self, exercises: Mapping[str, Exercise], settings: GradeSettings, scratch: Path) -> None:
+    def __init__(self, exercises: Mapping[str, Exercise], settings: GradeSettings, scratch: Path,
+                 sandbox: SandboxInfo, hidden: Sequence[Path] = (), submissions: Sequence[Submission] = ()) -> None:
         self.exercises = exercises
         self.settings = settings
         self.scratch = scratch
         self.turn = asyncio.Lock()
         self.lock_path = settings.lock_path or default_lock_path()
+        self.sandbox = sandbox
+        # Kernels never see the solutions (read into memory already), where grades are written, nor
+        # the submissions (read by the grader, given to kernels as cells): no student's code can
+        # run another student's.
+        self.hidden = tuple(dict.fromkeys([*(e.path.parent.resolve() for e in exercises.values()),
+                                           *(Path(p).resolve() for p in hidden),
+                                           *(s.path.resolve().parent for s in submissions)]))
+        self.blanked = tuple(dict.fromkeys(s.path.resolve() for s in submissions))
 
     async def grade(self, submission: Submission) -> SubmissionResult:
         """Read, plan, run and score one submission; whatever happens, one result."""
@@ -318,8 +364,12 @@ class _Grader:
                         f"this is not the student's doing, grade it again once fixed")
         return result
 
-    def _kernel_env(self, key: bytes) -> dict[str, str]:
-        fd, path = tempfile.mkstemp(dir=self.scratch, prefix="arm-", suffix=".json")
+    def _kernel_env(self, room: Room | None, keys: dict[int, bytes], number: int) -> dict[str, str]:
+        """A fresh key for kernel ``number``, in a file of its room's private (0700) arm folder."""
+        if room is None:
+            raise GradeError("grading kernels need rooms of their own (fresh_dirs)")
+        key = keys[number] = secrets.token_bytes(32)
+        fd, path = tempfile.mkstemp(dir=room.arm, prefix="arm-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({"key": key.hex()}, handle)
         return {ARM_ENV: path, CHECK_LOCK_ENV: str(self.lock_path)}
@@ -327,7 +377,7 @@ class _Grader:
     async def _run(self, submission: Submission, notebook: Any, exercise: Exercise) -> SubmissionResult:
         import nbformat
 
-        key = secrets.token_bytes(32)
+        keys: dict[int, bytes] = {}  # one fresh key per kernel, by the kernel's number
         plan = plan_cells(exercise, notebook.cells, new_alias())
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell.source) for cell in plan])
         workdir = Path(tempfile.mkdtemp(dir=self.scratch, prefix="run-"))
@@ -335,7 +385,9 @@ class _Grader:
             nb, self.settings.engine(exercise.kernel_name), workdir=workdir, fresh_dirs=True,
             replayable=lambda index: plan[index].kind != "check",
             exclusive=lambda index: plan[index].kind == "check",
-            turn=self.turn, aside_mime=SEAL_MIME, kernel_env=lambda: self._kernel_env(key),
+            turn=self.turn, aside_mime=SEAL_MIME,
+            kernel_env=lambda room: self._kernel_env(room, keys, engine.kernels_started),
+            sandbox=self.sandbox, read_only=(Path(self.lock_path),), hidden=self.hidden, blanked=self.blanked,
         )
         try:
             runs = await engine.run()
@@ -356,7 +408,9 @@ class _Grader:
                 continue
             part = cell.part
             assert part is not None, "every planned check names its part"
-            by_part[part.id] = self._outcome(part, runs[index], nb.cells[index], key,
+            run = runs[index]
+            key = keys.get(run.kernel, b"") if run is not None else b""
+            by_part[part.id] = self._outcome(part, run, nb.cells[index], key,
                                              problems_before(nb, runs, previous, index, labels))
             previous = index + 1
         return SubmissionResult(
@@ -368,7 +422,8 @@ class _Grader:
 
     @staticmethod
     def _outcome(part: Part, run: Any, cell: Any, key: bytes, context: str) -> PartOutcome:
-        verdict, forged = verify_seals(run.aside if run is not None else (), part.id, key)
+        records = run.aside if run is not None and key else ()
+        verdict, forged = verify_seals(records, part.id, key)
         if verdict is not None and verdict[0]:
             shown = recorded_verdict(cell, part)
             verdict = (True, shown[1] if shown and shown[0] else "passed")
@@ -386,7 +441,8 @@ ProgressCallback = Callable[[int, int, tuple[str, ...], "SubmissionResult | None
 
 
 async def _grade_all(submissions: Sequence[Submission], exercises: Mapping[str, Exercise],
-                     settings: GradeSettings, progress: ProgressCallback | None) -> GradeReport:
+                     settings: GradeSettings, progress: ProgressCallback | None,
+                     hidden: Sequence[Path]) -> GradeReport:
     started = time.monotonic()
     results: list[SubmissionResult | None] = [None] * len(submissions)
     waiting = list(enumerate(submissions))
@@ -405,7 +461,9 @@ async def _grade_all(submissions: Sequence[Submission], exercises: Mapping[str, 
         raise GradeError(f"{lock_path}: cannot create the checks' lock file ({exc.strerror or exc}); "
                          f"set {CHECK_LOCK_ENV} to a file you may create") from exc
     with tempfile.TemporaryDirectory(prefix="labkit-grade-", ignore_cleanup_errors=True) as scratch:
-        grader = _Grader(exercises, replace(settings, lock_path=lock_path), Path(scratch))
+        sandbox = detect()
+        grader = _Grader(exercises, replace(settings, lock_path=lock_path), Path(scratch), sandbox, hidden,
+                         submissions)
 
         async def worker() -> None:
             nonlocal done
@@ -419,18 +477,23 @@ async def _grade_all(submissions: Sequence[Submission], exercises: Mapping[str, 
                 report(results[position])
 
         await asyncio.gather(*(worker() for _ in range(min(settings.jobs, len(submissions)))))
-    return GradeReport(tuple(r for r in results if r is not None), time.monotonic() - started, settings.jobs)
+    return GradeReport(tuple(r for r in results if r is not None), time.monotonic() - started, settings.jobs,
+                       sandbox=describe_sandbox(sandbox))
 
 
 def grade(submissions: Sequence[Submission], exercises: Mapping[str, Exercise],
-          settings: GradeSettings | None = None, *, progress: ProgressCallback | None = None) -> GradeReport:
+          settings: GradeSettings | None = None, *, progress: ProgressCallback | None = None,
+          hidden: Sequence[str | os.PathLike[str]] = ()) -> GradeReport:
     """Grade ``submissions`` against ``exercises`` (from :func:`load_solutions`); one result each.
 
     ``progress(done, total, running_students, finished_result)`` is called when a submission
-    starts (``finished_result`` is ``None``) and when it ends. Raises :class:`GradeError` only for
-    a run that cannot start (no submissions); a submission's own trouble is in its result.
+    starts (``finished_result`` is ``None``) and when it ends. ``hidden``: folders the kernels must
+    not see (the gradebook's ``--out``); the solutions' folders are always hidden from sandboxed
+    kernels. Raises :class:`GradeError` only for a run that cannot start (no submissions); a
+    submission's own trouble is in its result.
     """
     if not submissions:
         raise GradeError("no submissions to grade; give notebook files, folders of them, or glob patterns")
     settings = settings or GradeSettings()
-    return run_sync(lambda: _grade_all(submissions, exercises, settings, progress))
+    folders = [Path(folder) for folder in hidden]
+    return run_sync(lambda: _grade_all(submissions, exercises, settings, progress, folders))
