@@ -5,7 +5,8 @@ once the workers are ready, one line per event as workers start, crash, restart 
 the table again when things settle. Signals, as gunicorn's arbiter takes them:
 
 ======================  ==========================================================
-SIGINT (Ctrl-C), TERM   stop gracefully: in-flight requests finish; a second Ctrl-C kills
+SIGINT (Ctrl-C), TERM   stop gracefully: in-flight requests finish; a second one (either
+                        signal) kills the workers at once and exits with status 130
 SIGHUP                  reload worker by worker (``kill -HUP PID``), no request fails
 ======================  ==========================================================
 
@@ -75,8 +76,12 @@ def _serve(cluster, inbox: queue.SimpleQueue) -> int:
              f"(balance {cluster.balance}, start method {cluster.start_method}); Ctrl-C stops{reload_hint}")
         _say(cluster.stats().table())
         return _loop(cluster, inbox)
-    except KeyboardInterrupt:  # a second Ctrl-C while stopping: no more patience
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM) while stopping: no more patience
+        _install({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})  # killing already
+        _say("labkit serve: stopped again while stopping: killing the workers")
         cluster.stop(timeout=0)
+        _drain(inbox, show=True)
+        _say("labkit serve: killed")
         return 130
     finally:
         cluster.stop()
@@ -104,7 +109,8 @@ def _loop(cluster, inbox: queue.SimpleQueue) -> int:
                 print(f"labkit serve: {exc}", file=sys.stderr, flush=True)
         elif kind == "stop":
             _say(f"labkit serve: {payload}: stopping gracefully (Ctrl-C again to kill)")
-            _install({signal.SIGINT: signal.default_int_handler})
+            # From here on, a second Ctrl-C or SIGTERM interrupts the wait and kills (see _serve).
+            _install({signal.SIGINT: _raise_interrupt, signal.SIGTERM: _raise_interrupt})
             cluster.stop()
             _drain(inbox, show=True)
             _say("labkit serve: stopped")

@@ -380,8 +380,13 @@ class Arbiter:
         return self.settings.graceful_timeout + self.settings.kill_margin + EXIT_SLACK
 
     def shutdown(self, timeout: float) -> None:
-        """Stop taking connections, then stop every worker gracefully (killed after ``timeout``)."""
+        """Stop taking connections, then stop every worker gracefully (killed after ``timeout``).
+
+        Asked again while stopping (a second Ctrl-C), the shorter patience wins: ``timeout=0``
+        kills every worker still running at once; a positive one brings their deadlines closer.
+        """
         if self._closing:
+            self._hurry(timeout)
             return
         self._closing = True
         if self._acceptor is not None:
@@ -390,6 +395,17 @@ class Arbiter:
             slot.restart_at = None
         for worker in list(self.workers):
             self._retire(worker, timeout)
+
+    def _hurry(self, timeout: float) -> None:
+        """A stop under way, asked again: kill now (``timeout <= 0``) or bring the deadlines closer."""
+        now = self.clock()
+        for worker in list(self.workers):
+            if worker.kill_reason is not None:
+                continue
+            if timeout <= 0:
+                self._kill(worker, "killed at once: asked to stop again while stopping")
+            elif worker.stop_deadline is None or worker.stop_deadline > now + timeout:
+                worker.stop_deadline = now + timeout
 
     # ------------------------------------------------------------------- the loop itself
 
