@@ -13,6 +13,8 @@ import urllib.request
 import psutil
 import pytest
 from helpers import wait_until
+
+from labkit import usable_cores
 from test_cli_serve import Serve
 
 
@@ -53,3 +55,57 @@ def test_a_second_stop_signal_kills_the_workers_at_once_and_exits_130(second):
     assert "killing the workers" in "\n".join(serve.seen + list(serve.lines.queue))
     _, alive = psutil.wait_procs([worker], timeout=10)
     assert not alive and not serve.stragglers()
+
+
+# ------------------------------------------------------------------ bad values that parse
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--heartbeat-timeout", "nan", "heartbeat_timeout must be a finite number of seconds; got nan"),
+    ("--graceful-timeout", "nan", "graceful_timeout must be a finite number of seconds; got nan"),
+    ("--graceful-timeout", "inf", "graceful_timeout must be a finite number of seconds; got inf"),
+    ("--graceful-timeout", "1e300", "graceful_timeout must be at most"),
+    ("--startup-timeout", "0", "startup_timeout must be more than 0 seconds"),
+    ("--heartbeat-timeout", "-0.5", "heartbeat_timeout must be non-negative"),
+])
+def test_a_duration_that_is_not_a_finite_usable_number_is_one_line_and_exit_status_2(option, value, expected):
+    result = subprocess.run([sys.executable, "-m", "labkit", "serve", "labkit.demo:demo_app", "--port", "0",
+                             "-w", "1", option, value], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("labkit serve: ") and expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_help_says_what_zero_means_for_the_durations_that_allow_it():
+    result = subprocess.run([sys.executable, "-m", "labkit", "serve", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    text = " ".join(result.stdout.split())
+    assert "0 switches the hung-worker check off" in text
+    assert "0 cuts them off at once" in text
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def test_far_more_workers_than_usable_cores_is_a_one_line_warning_naming_lab_06(busy_port):
+    # The port is taken, so the warning is all that happens before the start fails: no forty workers.
+    usable = usable_cores().usable
+    many = 20 * usable
+    result = subprocess.run([sys.executable, "-m", "labkit", "serve", "labkit.demo:demo_app", "--port",
+                             str(busy_port), "-w", str(many)], capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "already in use" in lines[-1], result.stderr
+    [warning] = [line for line in lines if "warning" in line]
+    assert f"{many} workers on {usable} usable cores" in warning and "lab 06" in warning
+
+
+def test_one_worker_per_core_draws_no_warning(busy_port):
+    result = subprocess.run([sys.executable, "-m", "labkit", "serve", "labkit.demo:demo_app", "--port",
+                             str(busy_port), "-w", "max"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "warning" not in result.stderr, result.stderr

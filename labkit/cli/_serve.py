@@ -30,6 +30,10 @@ __all__ = ["configure", "run"]
 # (a reload, a restart) gives one table, not ten.
 SETTLE_SECONDS = 0.3
 
+# Asking for more than this many workers per usable core earns a warning: a few extra can hide
+# I/O waits in blocking code, but an event-loop worker already overlaps its waits.
+OVERSUBSCRIBED = 2
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``labkit serve``: the app, then the cluster's settings that have a flag."""
@@ -50,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         cluster = Cluster(args.app, on_change=lambda event: inbox.put(("event", event)), **from_arguments(args))
     except ConfigurationError as exc:
         return _fail(exc, 2)
+    _warn_if_oversubscribed(cluster.workers)
     previous = _install({signal.SIGTERM: _raise_interrupt})  # during start-up, TERM aborts at once
     try:
         cluster.start()
@@ -115,6 +120,18 @@ def _loop(cluster, inbox: queue.SimpleQueue) -> int:
             _drain(inbox, show=True)
             _say("labkit serve: stopped")
             return 0
+
+
+def _warn_if_oversubscribed(workers: int) -> None:
+    """One line on stderr when ``-w`` asks for far more workers than there are usable cores."""
+    from ..cores import usable_cores
+
+    usable = usable_cores().usable
+    if workers > OVERSUBSCRIBED * usable:
+        print(f"labkit serve: warning: {workers} workers on {usable} usable cores; lab 06 measured that "
+              "CPU-bound throughput stops growing at the usable cores, and each extra worker only adds "
+              "waiting, context switches and a whole interpreter's memory (-w max: one per core)",
+              file=sys.stderr, flush=True)
 
 
 def _fail(exc: BaseException, code: int) -> int:

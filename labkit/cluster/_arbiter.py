@@ -509,7 +509,8 @@ class Arbiter:
         deadlines.extend(op.waiting.deadline for op in self._operations if op.waiting is not None)
         for worker in self.workers:
             if worker.state is WorkerState.READY:
-                deadlines.append(worker.last_beat + settings.heartbeat_timeout)
+                if settings.heartbeat_timeout > 0:  # 0: the hung-worker check is off
+                    deadlines.append(worker.last_beat + settings.heartbeat_timeout)
             elif worker.state is WorkerState.STARTING:
                 deadlines.append(worker.started_at + settings.startup_timeout)
             elif worker.stop_deadline is not None:
@@ -536,8 +537,10 @@ class Arbiter:
                     self._spawn(slot)
 
     def _kill_silent(self, now: float) -> None:
-        """Kill ready workers whose loop has sent no heartbeat for ``heartbeat_timeout``."""
+        """Kill ready workers whose loop has sent no heartbeat for ``heartbeat_timeout`` (0: never)."""
         timeout = self.settings.heartbeat_timeout
+        if timeout == 0:
+            return
         for worker in list(self.workers):
             if worker.kill_reason is not None or worker.state is not WorkerState.READY:
                 continue

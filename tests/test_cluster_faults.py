@@ -1,0 +1,46 @@
+"""Cluster under faults: a hung-worker check that can be off, a cluster that gives up, a hung worker skipped.
+
+Real processes and sockets throughout; claims are phrased so that a slow machine cannot flip them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+from helpers import wait_until
+
+from labkit.cluster import Cluster, WorkerState
+
+DEMO = "labkit.demo:demo_app"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def resource_tracker_started_up_front():
+    """Start multiprocessing's resource tracker before any leak snapshot (see test_cluster.py)."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
+def answering_pid(url: str, timeout: float = 30) -> int:
+    with urllib.request.urlopen(url + "/pid", timeout=timeout) as response:
+        return int(response.headers["X-Worker-Pid"])
+
+
+def test_heartbeat_timeout_zero_switches_the_hung_worker_check_off():
+    with Cluster(DEMO, workers=1, start_method="fork", heartbeat_timeout=0) as cluster:
+        pid = cluster.pids[1]
+        os.kill(pid, signal.SIGSTOP)  # silent for far longer than a heartbeat interval
+        try:
+            time.sleep(3.0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert answering_pid(cluster.url) == pid
+        assert not any(e.kind == "hung" for e in cluster.events)
+        assert cluster.stats().workers[0].state is WorkerState.READY
