@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -109,3 +112,63 @@ def test_one_worker_per_core_draws_no_warning(busy_port):
     result = subprocess.run([sys.executable, "-m", "labkit", "serve", "labkit.demo:demo_app", "--port",
                              str(busy_port), "-w", "max"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "warning" not in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------------ the app's own folder
+
+GOOD_APP = '''
+import os
+
+import tornado.web
+
+
+class Hello(tornado.web.RequestHandler):
+    def get(self):
+        self.write("hello from goodapp")
+
+
+def app():
+    return tornado.web.Application([(r"/", Hello)])
+'''
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_the_labkit_command_serves_a_module_of_the_folder_it_runs_in(tmp_path, start_method):
+    (tmp_path / "goodapp.py").write_text(GOOD_APP)
+    labkit = Path(sys.executable).with_name("labkit")  # the console script: its own folder is on sys.path, not ours
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    process = subprocess.Popen([str(labkit), "serve", "goodapp:app", "-w", "1", "--port", "0",
+                                "--start-method", start_method], cwd=tmp_path, env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in process.stdout:
+            found = re.search(r"at (http://127\.0\.0\.1:\d+) with", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url is not None, process.stderr.read()
+        with urllib.request.urlopen(url + "/", timeout=30) as response:
+            assert response.read() == b"hello from goodapp"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_serve_help_names_the_app_folder_and_its_default():
+    result = subprocess.run([sys.executable, "-m", "labkit", "serve", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    text = " ".join(result.stdout.split())
+    assert re.search(r"--app-dir FOLDER folder put first on the workers' import path.*\(default \.\)", text), text
+
+
+def test_an_app_dir_that_is_not_a_folder_is_one_line_and_exit_status_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "labkit", "serve", "goodapp:app", "--app-dir",
+                             str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "app_dir must be an existing folder" in result.stderr

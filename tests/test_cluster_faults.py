@@ -44,3 +44,11 @@ def test_heartbeat_timeout_zero_switches_the_hung_worker_check_off():
         assert answering_pid(cluster.url) == pid
         assert not any(e.kind == "hung" for e in cluster.events)
         assert cluster.stats().workers[0].state is WorkerState.READY
+
+
+def test_a_cluster_imports_its_app_from_app_dir_under_spawn(tmp_path):
+    (tmp_path / "app_in_its_folder.py").write_text(
+        "from labkit.demo import demo_app\n\ndef app():\n    return demo_app()\n")
+    with Cluster("app_in_its_folder:app", workers=1, start_method="spawn", app_dir=str(tmp_path)) as cluster:
+        assert answering_pid(cluster.url) == cluster.pids[1]
+    assert "app_in_its_folder" not in __import__("sys").modules  # the workers imported it, not us

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import multiprocessing.util
+import os
 from collections.abc import Callable
 from typing import Any
 from concurrent.futures import Future
@@ -76,6 +78,8 @@ class Cluster:
         start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` means ``"forkserver"``
             where the platform has it, else ``"spawn"``; ``$LABKIT_START_METHOD`` overrides that default
             (see :func:`labkit.cores.check_start_method`).
+        app_dir: folder put first on the workers' import path (default ``"."``, the folder the
+            cluster is made in), so an import string may name a module of that folder.
         min_uptime, max_restarts: the crash-loop guard (see :mod:`labkit.cluster._settings` for
             every setting's default and the trade-off behind it).
         restart_delay, max_restart_delay, backoff_factor, stable_uptime: restart backoff.
@@ -96,6 +100,7 @@ class Cluster:
         port: int = _DEFAULT.port,
         *,
         start_method: str | None = _DEFAULT.start_method,
+        app_dir: str = _DEFAULT.app_dir,
         min_uptime: float = _DEFAULT.min_uptime,
         max_restarts: int = _DEFAULT.max_restarts,
         restart_delay: float = _DEFAULT.restart_delay,
@@ -122,6 +127,8 @@ class Cluster:
         if not (module and sep and attr):
             raise ConfigurationError(f"app must look like 'module:factory' (say 'labkit.demo:demo_app'); got {app!r}")
         settings = ClusterSettings(**chosen)
+        # Workers resolve the folder as the primary sees it now, whatever their own directory.
+        settings = dataclasses.replace(settings, app_dir=os.path.abspath(settings.app_dir))
         self.app = app_name
         self.balance = balance
         self.host = host

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import math
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,12 @@ def _start_method(name: str, value: str | None) -> None:
         check_start_method(value)
 
 
+def _folder(name: str, value: str) -> None:
+    if not isinstance(value, str) or not os.path.isdir(value):
+        raise ConfigurationError(f"{name} must be an existing folder (the one holding your app's module); "
+                                 f"got {value!r}")
+
+
 def _default_start_method() -> str:
     """The start method a cluster uses when none is given, here: $LABKIT_START_METHOD, else the safe one."""
     return check_start_method(None)
@@ -222,6 +229,10 @@ class ClusterSettings:
         None, "how worker processes start: fork, spawn or forkserver", check=_start_method,
         flags=("--start-method",),
         choices=lambda: tuple(multiprocessing.get_all_start_methods()), default_text=_default_start_method)
+    app_dir: str = setting(
+        ".", "folder put first on the workers' import path, so 'MODULE' may be a module of this folder "
+        "(as gunicorn's --chdir and uvicorn's --app-dir do); '.' is the folder the cluster starts in",
+        check=_folder, flags=("--app-dir",), metavar="FOLDER")
     min_uptime: float = setting(
         MIN_UPTIME, "a worker that dies sooner than this after starting counts as crashing at boot "
         "(0: no crash counts, so the crash-loop guard is off)", check=_duration_or("off"))

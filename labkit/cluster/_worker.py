@@ -141,6 +141,8 @@ def _boot(spec: WorkerSpec, listener: socket.socket | None):
     from ..apps import load_app  # imported here: the primary never needs tornado for this
 
     os.environ[WORKER_ID_ENV] = str(spec.worker_id)
+    if spec.settings.app_dir not in sys.path:  # "labkit serve goodapp:app" in goodapp.py's folder
+        sys.path.insert(0, spec.settings.app_dir)
     app = load_app(spec.app, **spec.options)
     sockets: list[socket.socket] = []
     if spec.settings.balance == "os":
