@@ -172,3 +172,10 @@ def test_an_app_dir_that_is_not_a_folder_is_one_line_and_exit_status_2(tmp_path)
                              str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "app_dir must be an existing folder" in result.stderr
+
+
+def test_serve_help_offers_the_idle_timeout_with_its_default():
+    result = subprocess.run([sys.executable, "-m", "labkit", "serve", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    text = " ".join(result.stdout.split())
+    assert re.search(r"--idle-timeout SECONDS close a client connection idle .*\(default 15\)", text), text

@@ -52,3 +52,20 @@ def test_a_cluster_imports_its_app_from_app_dir_under_spawn(tmp_path):
     with Cluster("app_in_its_folder:app", workers=1, start_method="spawn", app_dir=str(tmp_path)) as cluster:
         assert answering_pid(cluster.url) == cluster.pids[1]
     assert "app_in_its_folder" not in __import__("sys").modules  # the workers imported it, not us
+
+
+@pytest.mark.parametrize("balance", ["os", "round-robin"])
+def test_connections_that_stay_silent_or_stop_mid_header_are_closed_after_idle_timeout(balance):
+    import socket
+
+    with Cluster(DEMO, workers=1, start_method="fork", balance=balance, idle_timeout=0.5) as cluster:
+        port = cluster.port
+        silent = socket.create_connection(("127.0.0.1", port), timeout=30)
+        partial = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with silent, partial:
+            partial.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            # Both are closed by the server long before the 30 s the client would wait (tornado's
+            # default would keep them an hour): recv sees end of file, not a timeout.
+            assert silent.recv(1024) == b""
+            assert partial.recv(1024) == b""
+        assert answering_pid(cluster.url) == cluster.pids[1]  # the worker itself is fine

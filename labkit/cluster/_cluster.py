@@ -85,6 +85,8 @@ class Cluster:
         restart_delay, max_restart_delay, backoff_factor, stable_uptime: restart backoff.
         heartbeat_timeout: replace a worker whose loop is silent this long.
         graceful_timeout: how long stopping workers may finish in-flight requests.
+        idle_timeout: a client connection that sends nothing, or only part of a request header,
+            for this long is closed by its worker.
         startup_timeout: how long a worker may take to get ready.
         options: keyword arguments for the app factory (picklable values).
         on_change: called with each :class:`ClusterEvent`, from the supervisor thread; keep it
@@ -109,6 +111,7 @@ class Cluster:
         stable_uptime: float = _DEFAULT.stable_uptime,
         heartbeat_timeout: float = _DEFAULT.heartbeat_timeout,
         graceful_timeout: float = _DEFAULT.graceful_timeout,
+        idle_timeout: float = _DEFAULT.idle_timeout,
         startup_timeout: float = _DEFAULT.startup_timeout,
         options: dict | None = None,
         on_change: Callable[[ClusterEvent], None] | None = None,

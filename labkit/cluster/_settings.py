@@ -80,6 +80,12 @@ GRACEFUL_TIMEOUT = 10.0
 # may be writing its last responses).
 KILL_MARGIN = 2.0
 
+# A connection that sends nothing (an idle keep-alive) or only part of a request's header for this
+# long is closed by the worker (tornado's idle_connection_timeout, whose default is an hour). Long
+# enough for a client to reuse its kept-alive connection between requests; short enough that
+# slow or stuck clients cannot hold a worker's connections (and descriptors) for long.
+IDLE_TIMEOUT = 15.0
+
 # How long a worker may take to import, build its app and listen. Spawned workers import
 # tornado and numpy afresh: well under a second on a laptop, several on a loaded CI machine.
 STARTUP_TIMEOUT = 60.0
@@ -256,6 +262,9 @@ class ClusterSettings:
         GRACEFUL_TIMEOUT, "how long stopping workers may finish in-flight requests; 0 cuts them off at once",
         check=_duration_or("no grace"),
         flags=("--graceful-timeout",), parse=float, metavar="SECONDS")
+    idle_timeout: float = setting(
+        IDLE_TIMEOUT, "close a client connection idle this long, or still sending its request header",
+        check=_duration, flags=("--idle-timeout",), parse=float, metavar="SECONDS")
     startup_timeout: float = setting(
         STARTUP_TIMEOUT, "how long a worker may take to get ready (more than 0)", check=_duration,
         flags=("--startup-timeout",), parse=float, metavar="SECONDS")

@@ -205,7 +205,9 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
     loop = asyncio.get_running_loop()
     tally = _Tally()
     _count_requests(app, tally)
-    server = tornado.httpserver.HTTPServer(app)
+    # idle_connection_timeout bounds both a silent kept-alive connection and a header that
+    # arrives too slowly (tornado uses it as the header timeout too).
+    server = tornado.httpserver.HTTPServer(app, idle_connection_timeout=spec.settings.idle_timeout)
     stop = asyncio.Event()
     stop_timeout = [spec.settings.graceful_timeout]
 
