@@ -179,3 +179,25 @@ def test_serve_help_offers_the_idle_timeout_with_its_default():
                             timeout=60)
     text = " ".join(result.stdout.split())
     assert re.search(r"--idle-timeout SECONDS close a client connection idle .*\(default 15\)", text), text
+
+
+# ---------------------------------------------------------------- an app that crashes for good
+
+
+def test_serve_exits_1_with_one_line_once_every_worker_crashed_for_good():
+    serve = Serve("labkit.demo:demo_app", "-w", "1", "--port", "0", "--start-method", "fork")
+    url = serve.wait_for(r"at (http://127\.0\.0\.1:\d+) with 1 workers").group(1)
+    serve.wait_for(r"1/1 ready")
+    sent = 0
+    while serve.process.poll() is None and sent < 60:  # the issue needed 23
+        sent += 1
+        try:
+            urllib.request.urlopen(url + "/crash?code=1", timeout=10).close()
+        except OSError:
+            pass  # the worker died with the request, or the port is closed: both expected
+    code, error = serve.finish(timeout=60)
+    assert code == 1, error
+    lines = error.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("labkit serve: every worker of 'labkit.demo:demo_app' crashed")
+    assert "min_uptime" in lines[0] and "Fix the app" in lines[0]
+    assert not serve.stragglers()

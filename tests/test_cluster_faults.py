@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -56,8 +57,6 @@ def test_a_cluster_imports_its_app_from_app_dir_under_spawn(tmp_path):
 
 @pytest.mark.parametrize("balance", ["os", "round-robin"])
 def test_connections_that_stay_silent_or_stop_mid_header_are_closed_after_idle_timeout(balance):
-    import socket
-
     with Cluster(DEMO, workers=1, start_method="fork", balance=balance, idle_timeout=0.5) as cluster:
         port = cluster.port
         silent = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -69,3 +68,48 @@ def test_connections_that_stay_silent_or_stop_mid_header_are_closed_after_idle_t
             assert silent.recv(1024) == b""
             assert partial.recv(1024) == b""
         assert answering_pid(cluster.url) == cluster.pids[1]  # the worker itself is fine
+
+
+# --------------------------------------------------------------- a cluster that gives up
+
+
+def crash_until_given_up(url: str, gave_up, limit: int = 60) -> int:
+    """Send /crash requests, one at a time, until ``gave_up()``; at most ``limit``. Returns how many."""
+    sent = 0
+    while sent < limit and not gave_up():
+        sent += 1
+        try:
+            urllib.request.urlopen(url + "/crash?code=1", timeout=10).close()
+        except OSError:
+            pass  # the worker died with our request: that is the point
+    return sent
+
+
+def test_a_cluster_whose_every_worker_gave_up_closes_its_port_reports_it_and_reload_starts_over():
+    from labkit.widgets import _worker_table
+
+    with Cluster(DEMO, workers=1, start_method="fork", min_uptime=30, max_restarts=2,
+                 restart_delay=0.05, max_restart_delay=0.1) as cluster:
+        url, port = cluster.url, cluster.port
+        crash_until_given_up(url, lambda: cluster.stats().gave_up)
+        stats = cluster.stats()
+        assert stats.gave_up and "crashed and is not restarted" in stats.gave_up
+        assert "min_uptime=30" in stats.gave_up and "reload()" in stats.gave_up
+        assert any(e.kind == "gave-up" for e in cluster.events)
+        assert "gave up" in stats.table() and "gave up" in _worker_table(stats) and "gave up" in repr(cluster)
+        with pytest.raises(ConnectionRefusedError):  # refused at once, not left hanging
+            socket.create_connection(("127.0.0.1", port), timeout=30).close()
+        cluster.reload()
+        assert cluster.stats().gave_up is None and cluster.port == port
+        assert answering_pid(url) == cluster.pids[1]
+
+
+def test_crashes_after_min_uptime_never_make_a_cluster_give_up():
+    with Cluster(DEMO, workers=1, start_method="fork", min_uptime=0.2, max_restarts=1,
+                 restart_delay=0.05, max_restart_delay=0.1) as cluster:
+        for _ in range(4):
+            cluster.wait_ready(30)
+            time.sleep(0.5)  # older than min_uptime: this crash is bad luck, not a broken app
+            crash_until_given_up(cluster.url, lambda: False, limit=1)
+        assert cluster.wait_ready(30).ready == 1
+        assert cluster.stats().gave_up is None

@@ -11,7 +11,8 @@ SIGHUP                  reload worker by worker (``kill -HUP PID``), no request 
 ======================  ==========================================================
 
 A port in use, an app that does not import, or a factory that raises: one line on stderr,
-exit status 1, and nothing left running.
+exit status 1, and nothing left running. So too once every worker has crashed so often that
+none is restarted (PM2 marks such an app errored): the line says how often and what to change.
 """
 
 from __future__ import annotations
@@ -99,10 +100,15 @@ def _loop(cluster, inbox: queue.SimpleQueue) -> int:
         try:
             kind, payload = inbox.get(timeout=SETTLE_SECONDS if unsettled else 1.0)
         except queue.Empty:
+            gave_up = cluster.stats().gave_up  # in case its event came before this loop did
+            if gave_up:
+                return _give_up(cluster, gave_up)
             if unsettled:
                 _say(cluster.stats().table())
                 unsettled = False
             continue
+        if kind == "event" and payload.kind == "gave-up":
+            return _give_up(cluster, payload.message)
         if kind == "event":
             _say(str(payload))
             unsettled = True
@@ -120,6 +126,14 @@ def _loop(cluster, inbox: queue.SimpleQueue) -> int:
             _drain(inbox, show=True)
             _say("labkit serve: stopped")
             return 0
+
+
+def _give_up(cluster, why: str) -> int:
+    """Every worker crashed for good: nothing will serve again, so stop, say why, exit 1."""
+    _say(cluster.stats().table())
+    cluster.stop()
+    print(f"labkit serve: {' '.join(why.split())}", file=sys.stderr, flush=True)
+    return 1
 
 
 def _warn_if_oversubscribed(workers: int) -> None:

@@ -197,6 +197,7 @@ class Arbiter:
         self.crashed: BaseException | None = None
         self.port: int | None = None
         self.served_by_exited = 0
+        self.gave_up: str | None = None  # why every worker was given up on, while none runs
         self._on_event = on_event
         self._pending_events: list[ClusterEvent] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -212,22 +213,26 @@ class Arbiter:
 
     def open(self) -> None:
         """Bind the cluster's socket and start the supervisor thread (no workers yet)."""
-        settings = self.settings
-        try:
-            self._listener = bind_listener(
-                settings.host, settings.port, reuse_port=settings.balance == "reuseport",
-                listen=settings.balance != "reuseport", backlog=settings.backlog,
-            )
-        except OSError as exc:
-            raise ServerStartError(_bind_failure(settings.host, settings.port, exc)) from exc
+        self._listen(self.settings.port)
         self.port = self._listener.getsockname()[1]
         # A pipe, not a socketpair: multiprocessing.connection.wait takes pipes on every OS.
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._thread = threading.Thread(target=self._run, name="labkit-cluster-arbiter", daemon=True)
+        self._thread.start()
+
+    def _listen(self, port: int) -> None:
+        """Bind the cluster's socket (and start the round-robin acceptor on it)."""
+        settings = self.settings
+        try:
+            self._listener = bind_listener(
+                settings.host, port, reuse_port=settings.balance == "reuseport",
+                listen=settings.balance != "reuseport", backlog=settings.backlog,
+            )
+        except OSError as exc:
+            raise ServerStartError(_bind_failure(settings.host, port, exc)) from exc
         if settings.balance == "round-robin":
             self._acceptor = Acceptor(self._listener)
             self._acceptor.start()
-        self._thread = threading.Thread(target=self._run, name="labkit-cluster-arbiter", daemon=True)
-        self._thread.start()
 
     def call(self, function: Callable[..., Any], *args: Any) -> Future:
         """Run ``function(*args)`` in the supervisor thread; its result arrives in the future."""
@@ -273,7 +278,8 @@ class Arbiter:
             total = self.served_by_exited + sum(w.requests for w in self.workers)
             wanted = sum(slot.wanted for slot in self.slots.values())
             url = None if self.finished or self.port is None else _url(self.settings.host, self.port)
-            return ClusterStats(self.config.name or self.config.app, url, self.settings.balance, wanted, tuple(records), total)
+            return ClusterStats(self.config.name or self.config.app, url, self.settings.balance, wanted, tuple(records),
+                                total, self.gave_up)
 
     def wanted_slots(self) -> list[int]:
         """Ids of the slots the cluster wants filled, in order."""
@@ -427,6 +433,7 @@ class Arbiter:
                 ready = multiprocessing.connection.wait(waitables, timeout)
                 with self.lock:
                     self._handle_ready(ready)
+                    self._give_up_if_hopeless()
         except BaseException as exc:  # a bug here must not leave workers without a supervisor
             self.crashed = exc
             self._kill_everything(f"the supervisor crashed: {exc!r}")
@@ -569,6 +576,8 @@ class Arbiter:
 
     def _spawn(self, slot: _Slot) -> _Worker | None:
         config, settings = self.config, self.settings
+        if self.gave_up is not None:
+            self._start_over()  # a reload or a scale after giving up: listen again first
         context = config.context
         primary_end, worker_end = context.Pipe(duplex=True)
         handoff_primary = handoff_worker = None
@@ -689,6 +698,41 @@ class Arbiter:
         policy = self.settings.policy
         return (f"{reason}; it died {slot.young_deaths} times in a row within min_uptime={policy.min_uptime:g} s "
                 "of starting, so it is not restarted again: fix the app, then call reload()")
+
+    def _give_up_if_hopeless(self) -> None:
+        """Close the port once every wanted worker has errored and none runs or will restart.
+
+        Holding the port with nobody behind it makes clients hang until they time out; a closed
+        port refuses them at once, which tells them (and their load balancer) the truth. The
+        supervisor stays, so :meth:`reload` can start over (see :meth:`_start_over`).
+        """
+        if self._closing or self.gave_up is not None or self.workers:
+            return
+        wanted = [slot for slot in self.slots.values() if slot.wanted]
+        if not wanted or not all(slot.errored for slot in wanted):
+            return
+        crashes = sum(slot.restarts + 1 for slot in wanted)
+        last = wanted[-1].last_exit or "exited"
+        policy = self.settings.policy
+        self.gave_up = (
+            f"every worker of {self.config.name or self.config.app!r} crashed and is not restarted: "
+            f"{crashes} crashes over {len(wanted)} worker(s), the last: {last}. The port is closed so clients "
+            f"are refused instead of left waiting. Fix the app (a worker that dies within min_uptime="
+            f"{policy.min_uptime:g} s of starting, max_restarts={policy.max_restarts} times in a row, counts as "
+            "broken; raise them only if it is just slow to settle), then reload() or start it again")
+        if self._acceptor is not None:
+            self._acceptor.stop()
+            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._emit("gave-up", self.gave_up, None)
+
+    def _start_over(self) -> None:
+        """Listen again on the cluster's port after giving up (raises ServerStartError if it is taken)."""
+        self._listen(self.port or self.settings.port)
+        self.gave_up = None
+        self._emit("listening", f"listening again on port {self.port}", None)
 
     def _retire(self, worker: _Worker, timeout: float) -> None:
         if worker.state not in (WorkerState.STARTING, WorkerState.READY):

@@ -253,6 +253,9 @@ class Cluster:
         (which finishes its in-flight requests). Use it after changing the app's code, like
         ``pm2 reload``. If a new worker fails to boot, the reload stops there, the old workers
         keep serving, and :class:`~labkit.errors.ServerStartError` says why.
+
+        After the cluster gave up (every worker errored, see ``stats().gave_up``), a reload
+        starts over: it listens on the same port again and starts every worker afresh.
         """
         arbiter = self._require_running()
         wait = self.startup_timeout if timeout is None else timeout
@@ -335,6 +338,8 @@ class Cluster:
             errored = sum(w.state is WorkerState.ERRORED for w in stats.workers)
             if errored:
                 state += f", {errored} errored"
+            if stats.gave_up:
+                state += ", gave up (port closed; reload() starts over)"
         return f"<Cluster {self.app!r} {state} balance={self.balance} start_method={self.start_method}>"
 
 
