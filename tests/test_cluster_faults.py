@@ -113,3 +113,62 @@ def test_crashes_after_min_uptime_never_make_a_cluster_give_up():
             crash_until_given_up(cluster.url, lambda: False, limit=1)
         assert cluster.wait_ready(30).ready == 1
         assert cluster.stats().gave_up is None
+
+
+# ------------------------------------------------------------ a hung worker under round-robin
+
+
+def pids_of(url: str, count: int, timeout: float = 10) -> list[int]:
+    """``count`` requests for /pid, each on a fresh connection; raises if one fails."""
+    return [answering_pid(url, timeout) for _ in range(count)]
+
+
+def events_of(cluster: Cluster, kind: str, pid: int) -> list:
+    return [e for e in cluster.events if e.kind == kind and e.pid == pid]
+
+
+@pytest.fixture
+def round_robin_pair():
+    with Cluster(DEMO, workers=2, balance="round-robin", start_method="fork") as cluster:
+        yield cluster
+
+
+def test_round_robin_passes_over_a_stopped_worker_and_takes_it_back_when_it_beats_again(round_robin_pair):
+    cluster = round_robin_pair
+    hung, healthy = cluster.pids[1], cluster.pids[2]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: events_of(cluster, "stalled", hung), 30)
+        # Every probe now reaches the healthy worker; before, every second one waited on the hung one.
+        assert set(pids_of(cluster.url, 10)) == {healthy}
+    finally:
+        os.kill(hung, signal.SIGCONT)
+    assert wait_until(lambda: events_of(cluster, "recovered", hung), 30)
+    assert hung in set(pids_of(cluster.url, 10))
+    assert cluster.pids == {1: hung, 2: healthy}  # passed over, never killed
+
+
+def test_a_worker_busy_with_a_heavy_request_keeps_its_turn(round_robin_pair):
+    cluster = round_robin_pair
+    # Seconds of pure-Python work on one worker's loop: its beats stop, but its CPU time runs.
+    with urllib.request.urlopen(cluster.url + "/primes?n=1000000&mode=sync", timeout=120) as response:
+        busy = int(response.headers["X-Worker-Pid"])
+    assert busy in cluster.pids.values()
+    judged = [e for e in cluster.events if e.pid == busy and e.kind in ("stalled", "hung")]
+    assert not judged, judged
+
+
+def test_when_every_worker_is_stalled_a_connection_still_waits_its_turn_instead_of_being_refused(round_robin_pair):
+    cluster = round_robin_pair
+    pids = list(cluster.pids.values())
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: all(events_of(cluster, "stalled", pid) for pid in pids), 30)
+        client = socket.create_connection(("127.0.0.1", cluster.port), timeout=30)
+        client.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    with client:  # handed to a stopped worker, it is answered once that worker runs again
+        assert client.recv(1024).startswith(b"HTTP/1.1 200")

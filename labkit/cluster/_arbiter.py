@@ -5,7 +5,8 @@ signal handler of ``labkit serve``) only *queues* a command; one loop does every
 
     while not finished:
         run queued commands            spawn, retire, shut down; start a reload or a scale
-        tick                           restarts that are due, heartbeats that are late,
+        tick                           restarts that are due, late heartbeats (round-robin
+                                       passes over a stalled worker; a silent one is killed),
                                        workers that overstay their start or stop deadline
         advance reloads and scales     each waits for a worker to get ready or to exit
         wait(control pipes + sentinels + wake pipe, until the next deadline)
@@ -150,6 +151,26 @@ class _CpuWindow:
 #: Seconds of history behind each worker's ``cpu_percent`` (see :class:`_CpuWindow`).
 CPU_WINDOW = 2.0
 
+# Round-robin passes over a worker whose heartbeat is this many intervals late and whose CPU time
+# stands still (stopped, deadlocked): one late beat is mere scheduling noise on a loaded machine,
+# two are not. Fewer would skip healthy workers; more would hand the hung one more connections,
+# each of which waits (until heartbeat_timeout kills it, or for ever with the check off).
+STALL_AFTER_BEATS = 2
+
+# CPU seconds a late worker must have used since the last look to count as busy, not hung. A
+# stopped or deadlocked process uses none; a loop crunching a request uses nearly a core's worth.
+CPU_PROGRESS = 0.01
+
+
+def _cpu_seconds(ps: psutil.Process | None) -> float | None:
+    if ps is None:
+        return None
+    try:
+        times = ps.cpu_times()
+    except psutil.Error:
+        return None  # exiting: its sentinel will say so
+    return times.user + times.system
+
 
 class _Worker:
     """One worker process, as the primary tracks it."""
@@ -178,6 +199,9 @@ class _Worker:
         except psutil.Error:
             self.ps = None
         self.cpu = _CpuWindow()
+        self.stalled = False  # round-robin passes it over (see Arbiter._pass_over_stalled)
+        self.progress_cpu: float | None = None  # its CPU seconds when last beaten or looked at
+        self.progress_at: float | None = None  # when it was last looked at while late
 
 
 class Arbiter:
@@ -518,6 +542,11 @@ class Arbiter:
             if worker.state is WorkerState.READY:
                 if settings.heartbeat_timeout > 0:  # 0: the hung-worker check is off
                     deadlines.append(worker.last_beat + settings.heartbeat_timeout)
+                if self._acceptor is not None:  # round-robin looks at late workers (_pass_over_stalled)
+                    interval = settings.heartbeat_interval
+                    late_at = worker.last_beat + STALL_AFTER_BEATS * interval
+                    looked = worker.progress_at + interval if worker.progress_at is not None else late_at
+                    deadlines.append(max(late_at, looked))
             elif worker.state is WorkerState.STARTING:
                 deadlines.append(worker.started_at + settings.startup_timeout)
             elif worker.stop_deadline is not None:
@@ -526,9 +555,10 @@ class Arbiter:
         return min(max(soonest - now, 0.0), settings.max_wait)
 
     def _tick(self) -> None:
-        """Everything that is due by the clock, in three steps."""
+        """Everything that is due by the clock, step by step."""
         now = self.clock()
         self._restart_due(now)
+        self._pass_over_stalled(now)
         self._kill_silent(now)
         self._kill_overdue(now)
 
@@ -542,6 +572,41 @@ class Arbiter:
                 if slot.wanted and not self._live(slot):
                     slot.restarts += 1
                     self._spawn(slot)
+
+    def _pass_over_stalled(self, now: float) -> None:
+        """Round-robin: stop handing connections to a worker that is late and makes no progress.
+
+        Long before ``heartbeat_timeout`` replaces a hung worker, every connection handed to it
+        would wait. A worker whose beat is :data:`STALL_AFTER_BEATS` intervals late is looked at
+        once an interval: if its CPU time advanced since the last look (or beat), it is busy with
+        a heavy request and keeps its turn; if not, the acceptor passes it over until it beats.
+        """
+        if self._acceptor is None:
+            return
+        interval = self.settings.heartbeat_interval
+        for worker in self.workers:
+            if worker.state is not WorkerState.READY or worker.kill_reason is not None:
+                continue
+            if now - worker.last_beat < STALL_AFTER_BEATS * interval:
+                continue
+            if worker.progress_at is not None and now - worker.progress_at < interval:
+                continue  # looked at recently
+            cpu = _cpu_seconds(worker.ps)
+            if cpu is None:
+                continue
+            baseline, worker.progress_cpu, worker.progress_at = worker.progress_cpu, cpu, now
+            if baseline is None:
+                continue  # nothing to compare with yet (no beat since ready): judge at the next look
+            progressing = cpu - baseline >= CPU_PROGRESS
+            if progressing == (not worker.stalled):
+                continue  # no change
+            worker.stalled = not progressing
+            self._acceptor.set_stalled(worker, worker.stalled)
+            if worker.stalled:
+                self._emit("stalled", f"no heartbeat for {now - worker.last_beat:.1f} s and no CPU used: "
+                           "passed over by round-robin until it beats again", worker)
+            else:
+                self._emit("recovered", "busy, not hung (its CPU time advances): back in the rotation", worker)
 
     def _kill_silent(self, now: float) -> None:
         """Kill ready workers whose loop has sent no heartbeat for ``heartbeat_timeout`` (0: never)."""
@@ -644,6 +709,13 @@ class Arbiter:
             worker.last_beat = now
             worker.requests, worker.in_flight = int(message[1]), int(message[2])
             worker.cpu.sample(worker.ps, now)
+            worker.progress_cpu = worker.cpu.samples[-1][1] if worker.cpu.samples else None
+            worker.progress_at = None
+            if worker.stalled:
+                worker.stalled = False
+                if self._acceptor is not None:
+                    self._acceptor.set_stalled(worker, False)
+                self._emit("recovered", "beating again: back in the rotation", worker)
         elif kind == READY and worker.state is WorkerState.STARTING:
             self._set_state(worker, WorkerState.READY)
             worker.ready_at = worker.last_beat = now

@@ -107,13 +107,17 @@ class Acceptor:
     than letting the waiters race to the door.
 
     :meth:`add` and :meth:`remove` are called by the supervisor; after :meth:`remove` returns, no
-    further connection goes to that worker.
+    further connection goes to that worker. :meth:`set_stalled` marks a worker that seems hung
+    (the supervisor decides: its heartbeat is late and it makes no progress): it is passed over
+    while any other worker can take the connection, and served in turn again if every worker
+    is stalled, since refusing everyone would be worse than a wait.
     """
 
     def __init__(self, listener: socket.socket) -> None:
         listener.setblocking(False)
         self._listener = listener
         self._targets: list[tuple[object, socket.socket]] = []
+        self._stalled: set[int] = set()  # id() of the keys passed over while others can serve
         self._lock = threading.Lock()
         self._next = 0
         self._stopping = False
@@ -139,6 +143,15 @@ class Acceptor:
         """Send nothing more to the worker ``key``."""
         with self._lock:
             self._targets = [(k, c) for k, c in self._targets if k is not key]
+            self._stalled.discard(id(key))
+
+    def set_stalled(self, key: object, stalled: bool) -> None:
+        """Pass over the worker ``key`` while another can take connections (or stop doing so)."""
+        with self._lock:
+            if stalled:
+                self._stalled.add(id(key))
+            else:
+                self._stalled.discard(id(key))
 
     def stop(self) -> None:
         """Stop accepting and wait for the thread; the listener itself stays open."""
@@ -178,14 +191,19 @@ class Acceptor:
     def _hand_off(self, connection: socket.socket) -> None:
         with self._lock:
             count = len(self._targets)
-            for attempt in range(count):
-                index = (self._next + attempt) % count
-                _, channel = self._targets[index]
-                try:
-                    socket.send_fds(channel, [_HANDOFF_BYTE], [connection.fileno()])
-                except OSError:
-                    continue  # full (a stuck worker) or closed (a dead one): try the next
-                self._next = index + 1
-                self.handed += 1
-                return
+            # First the workers that are not stalled, in turn; only if none of them can take
+            # it, the stalled ones, in turn too (every worker late: a wait beats a refusal).
+            for passing_over_stalled in (True, False):
+                for attempt in range(count):
+                    index = (self._next + attempt) % count
+                    key, channel = self._targets[index]
+                    if (id(key) in self._stalled) is passing_over_stalled:
+                        continue
+                    try:
+                        socket.send_fds(channel, [_HANDOFF_BYTE], [connection.fileno()])
+                    except OSError:
+                        continue  # full (a stuck worker) or closed (a dead one): try the next
+                    self._next = index + 1
+                    self.handed += 1
+                    return
         self.dropped += 1  # no worker could take it; closing it tells the client at once

@@ -182,7 +182,8 @@ class ClusterEvent:
 
     ``kind`` is one of ``"starting"``, ``"ready"``, ``"stopping"``, ``"exited"``, ``"hung"``,
     ``"boot-error"``, ``"errored"``, ``"gave-up"`` (every worker errored: the port is closed),
-    ``"listening"`` (listening again after giving up), ``"scaled"``, ``"reloaded"``, ``"stopped"``,
+    ``"listening"`` (listening again after giving up), ``"stalled"`` and ``"recovered"``
+    (round-robin passes over a worker that seems hung, then takes it back), ``"scaled"``, ``"reloaded"``, ``"stopped"``,
     ``"error"``.
     """
 
