@@ -201,3 +201,28 @@ def test_serve_exits_1_with_one_line_once_every_worker_crashed_for_good():
     assert len(lines) == 1 and lines[0].startswith("labkit serve: every worker of 'labkit.demo:demo_app' crashed")
     assert "min_uptime" in lines[0] and "Fix the app" in lines[0]
     assert not serve.stragglers()
+
+
+# ---------------------------------------------------------------- round-robin by default
+
+
+def test_round_robin_is_the_default_where_sockets_can_be_passed_and_help_says_so():
+    from labkit.cluster import Cluster
+
+    expected = "round-robin" if hasattr(socket, "send_fds") else "os"
+    assert Cluster("labkit.demo:demo_app").balance == expected
+    result = subprocess.run([sys.executable, "-m", "labkit", "serve", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    text = " ".join(result.stdout.split("options:")[1].split())
+    assert re.search(rf"--balance {{os,reuseport,round-robin}} .*?\(default {expected}\)", text), text
+
+
+def test_a_layout_without_balance_is_judged_by_the_default_mode(monkeypatch):
+    from labkit.grading import ex07
+    from labkit.grading.checks import Fail
+
+    layout = {"workers": 2, "options": {"pool_workers": 1}}  # no balance: the student took the default
+    ex07._judge_layout(layout, 2, 1, 2)  # round-robin here: nothing to object to
+    monkeypatch.setattr(ex07, "DEFAULT_BALANCE", "os")  # a platform without send_fds
+    with pytest.raises(Fail, match="spreads connections by design"):
+        ex07._judge_layout(layout, 2, 1, 2)

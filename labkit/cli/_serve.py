@@ -1,4 +1,4 @@
-"""``labkit serve MODULE:APP -w max --balance os --port 8000``: a cluster in the foreground.
+"""``labkit serve MODULE:APP -w max --balance round-robin --port 8000``: a cluster in the foreground.
 
 Like ``pm2 start app.js -i max`` followed by ``pm2 logs``: prints a status table (``pm2 ls``)
 once the workers are ready, one line per event as workers start, crash, restart or stop, and

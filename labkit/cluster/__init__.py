@@ -33,7 +33,8 @@ the new interpreter at exec time: the socket is passed explicitly, never re-open
 Workers also watch the primary (:func:`labkit._lifeline.watch_parent`) and their control pipe, so
 a killed notebook kernel takes its workers with it.
 
-Which ``balance``? ``os`` is the simplest and the kernel's choice is often uneven: a worker that
+Which ``balance``? ``round-robin`` is the default wherever the platform can pass sockets between
+processes (``socket.send_fds``; ``os`` on Windows, as in Node.js). ``os`` is the simplest and the kernel's choice is often uneven: a worker that
 has just accepted tends to win again, and kept-alive connections stay where they landed.
 ``reuseport`` spreads connections by a hash of the client's address (on Linux; macOS accepts the
 option but does not spread). ``round-robin`` is the evenest, but every connection passes through

@@ -26,9 +26,15 @@ import time
 
 from ..errors import ConfigurationError
 
-__all__ = ["BALANCE_MODES", "check_balance", "bind_listener", "Acceptor", "receive_handoffs"]
+__all__ = ["BALANCE_MODES", "DEFAULT_BALANCE", "check_balance", "bind_listener", "Acceptor", "receive_handoffs"]
 
 BALANCE_MODES = ("os", "reuseport", "round-robin")
+
+# The default: round-robin wherever sockets can be passed between processes (socket.send_fds),
+# os elsewhere (Windows), as Node.js does. With os, a newcomer's first cluster often serves every
+# kept-alive connection from one worker (lab 02 measured 100% on one); round-robin spreads them
+# by design, and passes over a hung worker (see Arbiter._pass_over_stalled).
+DEFAULT_BALANCE = "round-robin" if hasattr(socket, "send_fds") else "os"
 
 # How many connections the acceptor takes per wake-up before looking at its stop signal again.
 # Larger batches accept bursts with fewer system calls; smaller ones stop a little sooner.

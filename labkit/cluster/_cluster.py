@@ -72,7 +72,9 @@ class Cluster:
             value with cloudpickle, so a spawned worker can rebuild it without importing the
             notebook; an import string is what ``labkit serve`` and scripts use.
         workers: ``"max"`` (one per usable core), ``-1`` (all but one) or a positive count.
-        balance: ``"os"``, ``"reuseport"`` or ``"round-robin"`` (see the module docstring).
+        balance: ``"os"``, ``"reuseport"`` or ``"round-robin"`` (see the module docstring); by
+            default ``"round-robin"`` where the platform can pass sockets (``socket.send_fds``),
+            ``"os"`` elsewhere.
         host: address to bind; 127.0.0.1 keeps the cluster private to this machine.
         port: 0 lets the system pick a free port (see :attr:`url`).
         start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` means ``"forkserver"``

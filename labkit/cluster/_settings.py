@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._balance import BALANCE_MODES, check_balance
+from ._balance import BALANCE_MODES, DEFAULT_BALANCE, check_balance
 from ._state import RestartPolicy
 from ..cores import check_start_method
 from ..errors import ConfigurationError
@@ -224,7 +224,8 @@ class ClusterSettings:
         "max", "'max' (one per usable core), -1 (all but one) or a count",
         flags=("-w", "--workers"))
     balance: str = setting(
-        "os", "who spreads connections over workers", check=_balance, flags=("--balance",),
+        DEFAULT_BALANCE, "who spreads connections over workers: round-robin where the platform can pass "
+        "sockets between processes, else os", check=_balance, flags=("--balance",),
         choices=lambda: BALANCE_MODES)
     host: str = setting(
         "127.0.0.1", "address to bind; 127.0.0.1 keeps the cluster to this machine", flags=("--host",))
