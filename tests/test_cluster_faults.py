@@ -6,8 +6,11 @@ Real processes and sockets throughout; claims are phrased so that a slow machine
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -172,3 +175,20 @@ def test_when_every_worker_is_stalled_a_connection_still_waits_its_turn_instead_
             os.kill(pid, signal.SIGCONT)
     with client:  # handed to a stopped worker, it is answered once that worker runs again
         assert client.recv(1024).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
+def test_under_wrk_load_no_connection_waits_on_a_worker_once_it_is_passed_over(round_robin_pair):
+    cluster = round_robin_pair
+    hung = cluster.pids[1]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: events_of(cluster, "stalled", hung), 30)
+        # Bounded: 8 connections for 2 s to 127.0.0.1; a request unanswered for 1 s counts as a timeout.
+        out = subprocess.run(["wrk", "-t1", "-c8", "-d2s", "--timeout", "1s", cluster.url + "/fast"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    finally:
+        os.kill(hung, signal.SIGCONT)
+    served = int(re.search(r"(\d+) requests in", out).group(1))
+    assert served > 0, out
+    assert "Socket errors" not in out and "Non-2xx" not in out, out  # no timeout, no reset, no error
