@@ -192,3 +192,14 @@ def test_under_wrk_load_no_connection_waits_on_a_worker_once_it_is_passed_over(r
     served = int(re.search(r"(\d+) requests in", out).group(1))
     assert served > 0, out
     assert "Socket errors" not in out and "Non-2xx" not in out, out  # no timeout, no reset, no error
+
+
+def test_round_robin_keeps_connections_queued_while_its_only_worker_restarts():
+    with Cluster(DEMO, workers=1, balance="round-robin", start_method="fork", restart_delay=0.5,
+                 max_restart_delay=0.5) as cluster:
+        victim = cluster.pids[1]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: any(e.kind == "exited" and e.pid == victim for e in cluster.events), 30)
+        # Nobody to hand it to for half a second: the connection waits in the queue, is not closed.
+        pid = answering_pid(cluster.url)
+        assert pid != victim and pid == cluster.pids[1]

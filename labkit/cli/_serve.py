@@ -119,9 +119,10 @@ def _loop(cluster, inbox: queue.SimpleQueue) -> int:
             except LabkitError as exc:
                 print(f"labkit serve: {exc}", file=sys.stderr, flush=True)
         elif kind == "stop":
-            _say(f"labkit serve: {payload}: stopping gracefully (Ctrl-C again to kill)")
-            # From here on, a second Ctrl-C or SIGTERM interrupts the wait and kills (see _serve).
+            # From here on, a second Ctrl-C or SIGTERM interrupts the wait and kills (see _serve);
+            # armed before the banner, so a signal sent on reading it is never lost in the inbox.
             _install({signal.SIGINT: _raise_interrupt, signal.SIGTERM: _raise_interrupt})
+            _say(f"labkit serve: {payload}: stopping gracefully (Ctrl-C again to kill)")
             cluster.stop()
             _drain(inbox, show=True)
             _say("labkit serve: stopped")

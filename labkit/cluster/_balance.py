@@ -116,7 +116,8 @@ class Acceptor:
     further connection goes to that worker. :meth:`set_stalled` marks a worker that seems hung
     (the supervisor decides: its heartbeat is late and it makes no progress): it is passed over
     while any other worker can take the connection, and served in turn again if every worker
-    is stalled, since refusing everyone would be worse than a wait.
+    is stalled, since refusing everyone would be worse than a wait. While no worker is there at all
+    (a one-worker cluster restarting), it accepts nothing, so clients queue as they would in ``os``.
     """
 
     def __init__(self, listener: socket.socket) -> None:
@@ -128,6 +129,8 @@ class Acceptor:
         self._next = 0
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="labkit-cluster-acceptor", daemon=True)
         self.handed = 0
         self.dropped = 0
@@ -144,12 +147,14 @@ class Acceptor:
         """Start sending connections to the worker ``key`` over ``channel`` (non-blocking)."""
         with self._lock:
             self._targets.append((key, channel))
+        self._poke()
 
     def remove(self, key: object) -> None:
         """Send nothing more to the worker ``key``."""
         with self._lock:
             self._targets = [(k, c) for k, c in self._targets if k is not key]
             self._stalled.discard(id(key))
+        self._poke()
 
     def set_stalled(self, key: object, stalled: bool) -> None:
         """Pass over the worker ``key`` while another can take connections (or stop doing so)."""
@@ -173,12 +178,38 @@ class Acceptor:
 
     def _run(self) -> None:
         with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
+            listening = False
             while not self._stopping:
+                # With no worker to hand to, leave connections in the kernel's queue: they wait for
+                # the next ready worker (a restart, a reload), as in os mode, instead of being closed.
+                with self._lock:
+                    wanted = bool(self._targets)
+                if wanted != listening:
+                    if wanted:
+                        selector.register(self._listener, selectors.EVENT_READ)
+                    else:
+                        selector.unregister(self._listener)
+                    listening = wanted
                 for key, _ in selector.select():
-                    if key.fileobj is self._listener and not self._stopping:
+                    if key.fileobj is self._wake_r:
+                        self._drain_wake()
+                    elif not self._stopping:
                         self._accept_batch()
+
+    def _poke(self) -> None:
+        """Make the thread look at its targets again."""
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # full (it will wake anyway) or closed (stopped)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass  # drained (BlockingIOError), or closed while stopping
 
     def _accept_batch(self) -> None:
         for _ in range(ACCEPT_BATCH):
