@@ -589,6 +589,10 @@ class Arbiter:
                 continue
             if now - worker.last_beat < STALL_AFTER_BEATS * interval:
                 continue
+            if worker.control_open:
+                self._read_control(worker)  # beats may be waiting if *we* were the slow ones
+                if now - worker.last_beat < STALL_AFTER_BEATS * interval or worker.state is not WorkerState.READY:
+                    continue
             if worker.progress_at is not None and now - worker.progress_at < interval:
                 continue  # looked at recently
             cpu = _cpu_seconds(worker.ps)
