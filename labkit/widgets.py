@@ -264,8 +264,11 @@ def _worker_table(stats: ClusterStats) -> str:
         rows.append("<tr>" + "".join(f"<td style='padding:0 8px'>{c}</td>" for c in cells) + "</tr>")
     totals = (f"{stats.ready}/{stats.wanted} ready, {stats.requests} requests, "
               f"{stats.cpu_percent:.0f}% CPU, {format_bytes(stats.rss)} in all")
+    gave_up = ""
+    if stats.gave_up:  # every worker errored: say so where the eye lands, with what to do
+        gave_up = f"<div style='color:#b00'><b>gave up:</b> {html.escape(stats.gave_up)}</div>"
     return (f"<table style='font-family:monospace'><tr>{head}</tr>{''.join(rows)}</table>"
-            f"<div>{html.escape(totals)}</div>")
+            f"<div>{html.escape(totals)}</div>{gave_up}")
 
 
 def _bar_color(percent: float) -> str:

@@ -179,3 +179,37 @@ def test_a_reload_gives_up_on_a_new_worker_that_is_not_ready_by_its_deadline(sup
     with pytest.raises(Exception, match="reload stopped at worker 1"):
         reload.result(PATIENCE)
     assert old.state is WorkerState.READY  # the old worker keeps serving
+
+
+def test_with_heartbeat_timeout_zero_a_silent_worker_is_never_killed(supervise, clock):
+    arbiter = supervise(heartbeat_timeout=0.0, balance="os")
+    worker = the_worker(arbiter)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        settle(arbiter)
+        clock.advance(7 * 24 * 3600.0)  # a week of silence
+        settle(arbiter)
+        assert kinds(arbiter, "hung") == [] and worker.state is WorkerState.READY
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+
+
+def test_round_robin_passes_over_a_worker_two_beats_late_without_cpu_and_takes_it_back(supervise, clock):
+    arbiter = supervise(heartbeat_timeout=30.0, balance="round-robin")
+    worker = the_worker(arbiter)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        settle(arbiter)  # beats already on their way are read at the current time
+        clock.advance(1.9)  # under two intervals (1 s each) late: still in the rotation
+        settle(arbiter)
+        assert kinds(arbiter, "stalled") == [] and not worker.stalled
+        clock.advance(0.2)  # first look: its CPU time is the baseline or already still
+        settle(arbiter)
+        clock.advance(1.1)  # second look, an interval later: no CPU used since
+        [reason] = wait_for_event(arbiter, "stalled")
+        assert "no CPU used" in reason and worker.stalled
+        assert kinds(arbiter, "hung") == [] and worker.state is WorkerState.READY
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    wait_for_event(arbiter, "recovered")  # its next beat
+    assert not worker.stalled

@@ -88,7 +88,7 @@ def test_serve_prints_a_status_table_serves_and_stops_gracefully_on_sigterm():
     serve = Serve("labkit.demo:demo_app", "-w", "2", "--port", "0")
     url = serve.wait_for(r"at (http://127\.0\.0\.1:\d+) with 2 workers").group(1)
     serve.wait_for(r"\| id \| pid")
-    serve.wait_for(r"2/2 ready, balance os")  # the table's last line
+    serve.wait_for(r"2/2 ready, balance round-robin")  # the default mode where send_fds exists; the table's last line
     workers = serve.workers()
     table = "\n".join(serve.seen)
     assert all(re.search(rf"\| \d+ +\| {worker.pid} +\| ready", table) for worker in workers), table

@@ -1,16 +1,18 @@
-"""``labkit serve MODULE:APP -w max --balance os --port 8000``: a cluster in the foreground.
+"""``labkit serve MODULE:APP -w max --balance round-robin --port 8000``: a cluster in the foreground.
 
 Like ``pm2 start app.js -i max`` followed by ``pm2 logs``: prints a status table (``pm2 ls``)
 once the workers are ready, one line per event as workers start, crash, restart or stop, and
 the table again when things settle. Signals, as gunicorn's arbiter takes them:
 
 ======================  ==========================================================
-SIGINT (Ctrl-C), TERM   stop gracefully: in-flight requests finish; a second Ctrl-C kills
+SIGINT (Ctrl-C), TERM   stop gracefully: in-flight requests finish; a second one (either
+                        signal) kills the workers at once and exits with status 130
 SIGHUP                  reload worker by worker (``kill -HUP PID``), no request fails
 ======================  ==========================================================
 
 A port in use, an app that does not import, or a factory that raises: one line on stderr,
-exit status 1, and nothing left running.
+exit status 1, and nothing left running. So too once every worker has crashed so often that
+none is restarted (PM2 marks such an app errored): the line says how often and what to change.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ __all__ = ["configure", "run"]
 # After an event, wait this long for more before reprinting the table, so a burst of events
 # (a reload, a restart) gives one table, not ten.
 SETTLE_SECONDS = 0.3
+
+# Asking for more than this many workers per usable core earns a warning: a few extra can hide
+# I/O waits in blocking code, but an event-loop worker already overlaps its waits.
+OVERSUBSCRIBED = 2
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         cluster = Cluster(args.app, on_change=lambda event: inbox.put(("event", event)), **from_arguments(args))
     except ConfigurationError as exc:
         return _fail(exc, 2)
+    _warn_if_oversubscribed(cluster.workers)
     previous = _install({signal.SIGTERM: _raise_interrupt})  # during start-up, TERM aborts at once
     try:
         cluster.start()
@@ -75,8 +82,12 @@ def _serve(cluster, inbox: queue.SimpleQueue) -> int:
              f"(balance {cluster.balance}, start method {cluster.start_method}); Ctrl-C stops{reload_hint}")
         _say(cluster.stats().table())
         return _loop(cluster, inbox)
-    except KeyboardInterrupt:  # a second Ctrl-C while stopping: no more patience
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM) while stopping: no more patience
+        _install({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})  # killing already
+        _say("labkit serve: stopped again while stopping: killing the workers")
         cluster.stop(timeout=0)
+        _drain(inbox, show=True)
+        _say("labkit serve: killed")
         return 130
     finally:
         cluster.stop()
@@ -89,10 +100,15 @@ def _loop(cluster, inbox: queue.SimpleQueue) -> int:
         try:
             kind, payload = inbox.get(timeout=SETTLE_SECONDS if unsettled else 1.0)
         except queue.Empty:
+            gave_up = cluster.stats().gave_up  # in case its event came before this loop did
+            if gave_up:
+                return _give_up(cluster, gave_up)
             if unsettled:
                 _say(cluster.stats().table())
                 unsettled = False
             continue
+        if kind == "event" and payload.kind == "gave-up":
+            return _give_up(cluster, payload.message)
         if kind == "event":
             _say(str(payload))
             unsettled = True
@@ -103,12 +119,34 @@ def _loop(cluster, inbox: queue.SimpleQueue) -> int:
             except LabkitError as exc:
                 print(f"labkit serve: {exc}", file=sys.stderr, flush=True)
         elif kind == "stop":
+            # From here on, a second Ctrl-C or SIGTERM interrupts the wait and kills (see _serve);
+            # armed before the banner, so a signal sent on reading it is never lost in the inbox.
+            _install({signal.SIGINT: _raise_interrupt, signal.SIGTERM: _raise_interrupt})
             _say(f"labkit serve: {payload}: stopping gracefully (Ctrl-C again to kill)")
-            _install({signal.SIGINT: signal.default_int_handler})
             cluster.stop()
             _drain(inbox, show=True)
             _say("labkit serve: stopped")
             return 0
+
+
+def _give_up(cluster, why: str) -> int:
+    """Every worker crashed for good: nothing will serve again, so stop, say why, exit 1."""
+    _say(cluster.stats().table())
+    cluster.stop()
+    print(f"labkit serve: {' '.join(why.split())}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _warn_if_oversubscribed(workers: int) -> None:
+    """One line on stderr when ``-w`` asks for far more workers than there are usable cores."""
+    from ..cores import usable_cores
+
+    usable = usable_cores().usable
+    if workers > OVERSUBSCRIBED * usable:
+        print(f"labkit serve: warning: {workers} workers on {usable} usable cores; lab 06 measured that "
+              "CPU-bound throughput stops growing at the usable cores, and each extra worker only adds "
+              "waiting, context switches and a whole interpreter's memory (-w max: one per core)",
+              file=sys.stderr, flush=True)
 
 
 def _fail(exc: BaseException, code: int) -> int:

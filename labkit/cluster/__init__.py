@@ -33,12 +33,17 @@ the new interpreter at exec time: the socket is passed explicitly, never re-open
 Workers also watch the primary (:func:`labkit._lifeline.watch_parent`) and their control pipe, so
 a killed notebook kernel takes its workers with it.
 
-Which ``balance``? ``os`` is the simplest and the kernel's choice is often uneven: a worker that
+Which ``balance``? ``round-robin`` is the default wherever the platform can pass sockets between
+processes (``socket.send_fds``; ``os`` on Windows, as in Node.js). ``os`` is the simplest and the kernel's choice is often uneven: a worker that
 has just accepted tends to win again, and kept-alive connections stay where they landed.
 ``reuseport`` spreads connections by a hash of the client's address (on Linux; macOS accepts the
 option but does not spread). ``round-robin`` is the evenest, but every connection passes through
 one thread of the primary, which shares its GIL with whatever the primary is doing (a notebook
-cell crunching numbers slows the accepting down).
+cell crunching numbers slows the accepting down). It is also the only mode that can route around
+a hung worker: once a worker's heartbeat is two intervals late and its CPU time stands still,
+the acceptor passes it over until it beats again (``os`` gets that for free, since a hung worker
+stops calling ``accept()``; ``reuseport`` keeps queueing connections on the hung worker's socket
+until the heartbeat timeout replaces it).
 
 Which ``start_method``? ``fork`` starts a worker in milliseconds as a copy of the primary, but
 the primary runs threads (the supervisor's, and a notebook kernel's), and copying a threaded

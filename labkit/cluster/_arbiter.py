@@ -5,7 +5,8 @@ signal handler of ``labkit serve``) only *queues* a command; one loop does every
 
     while not finished:
         run queued commands            spawn, retire, shut down; start a reload or a scale
-        tick                           restarts that are due, heartbeats that are late,
+        tick                           restarts that are due, late heartbeats (round-robin
+                                       passes over a stalled worker; a silent one is killed),
                                        workers that overstay their start or stop deadline
         advance reloads and scales     each waits for a worker to get ready or to exit
         wait(control pipes + sentinels + wake pipe, until the next deadline)
@@ -150,6 +151,26 @@ class _CpuWindow:
 #: Seconds of history behind each worker's ``cpu_percent`` (see :class:`_CpuWindow`).
 CPU_WINDOW = 2.0
 
+# Round-robin passes over a worker whose heartbeat is this many intervals late and whose CPU time
+# stands still (stopped, deadlocked): one late beat is mere scheduling noise on a loaded machine,
+# two are not. Fewer would skip healthy workers; more would hand the hung one more connections,
+# each of which waits (until heartbeat_timeout kills it, or for ever with the check off).
+STALL_AFTER_BEATS = 2
+
+# CPU seconds a late worker must have used since the last look to count as busy, not hung. A
+# stopped or deadlocked process uses none; a loop crunching a request uses nearly a core's worth.
+CPU_PROGRESS = 0.01
+
+
+def _cpu_seconds(ps: psutil.Process | None) -> float | None:
+    if ps is None:
+        return None
+    try:
+        times = ps.cpu_times()
+    except psutil.Error:
+        return None  # exiting: its sentinel will say so
+    return times.user + times.system
+
 
 class _Worker:
     """One worker process, as the primary tracks it."""
@@ -178,6 +199,9 @@ class _Worker:
         except psutil.Error:
             self.ps = None
         self.cpu = _CpuWindow()
+        self.stalled = False  # round-robin passes it over (see Arbiter._pass_over_stalled)
+        self.progress_cpu: float | None = None  # its CPU seconds when last beaten or looked at
+        self.progress_at: float | None = None  # when it was last looked at while late
 
 
 class Arbiter:
@@ -197,6 +221,7 @@ class Arbiter:
         self.crashed: BaseException | None = None
         self.port: int | None = None
         self.served_by_exited = 0
+        self.gave_up: str | None = None  # why every worker was given up on, while none runs
         self._on_event = on_event
         self._pending_events: list[ClusterEvent] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -212,22 +237,26 @@ class Arbiter:
 
     def open(self) -> None:
         """Bind the cluster's socket and start the supervisor thread (no workers yet)."""
-        settings = self.settings
-        try:
-            self._listener = bind_listener(
-                settings.host, settings.port, reuse_port=settings.balance == "reuseport",
-                listen=settings.balance != "reuseport", backlog=settings.backlog,
-            )
-        except OSError as exc:
-            raise ServerStartError(_bind_failure(settings.host, settings.port, exc)) from exc
+        self._listen(self.settings.port)
         self.port = self._listener.getsockname()[1]
         # A pipe, not a socketpair: multiprocessing.connection.wait takes pipes on every OS.
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._thread = threading.Thread(target=self._run, name="labkit-cluster-arbiter", daemon=True)
+        self._thread.start()
+
+    def _listen(self, port: int) -> None:
+        """Bind the cluster's socket (and start the round-robin acceptor on it)."""
+        settings = self.settings
+        try:
+            self._listener = bind_listener(
+                settings.host, port, reuse_port=settings.balance == "reuseport",
+                listen=settings.balance != "reuseport", backlog=settings.backlog,
+            )
+        except OSError as exc:
+            raise ServerStartError(_bind_failure(settings.host, port, exc)) from exc
         if settings.balance == "round-robin":
             self._acceptor = Acceptor(self._listener)
             self._acceptor.start()
-        self._thread = threading.Thread(target=self._run, name="labkit-cluster-arbiter", daemon=True)
-        self._thread.start()
 
     def call(self, function: Callable[..., Any], *args: Any) -> Future:
         """Run ``function(*args)`` in the supervisor thread; its result arrives in the future."""
@@ -273,7 +302,8 @@ class Arbiter:
             total = self.served_by_exited + sum(w.requests for w in self.workers)
             wanted = sum(slot.wanted for slot in self.slots.values())
             url = None if self.finished or self.port is None else _url(self.settings.host, self.port)
-            return ClusterStats(self.config.name or self.config.app, url, self.settings.balance, wanted, tuple(records), total)
+            return ClusterStats(self.config.name or self.config.app, url, self.settings.balance, wanted, tuple(records),
+                                total, self.gave_up)
 
     def wanted_slots(self) -> list[int]:
         """Ids of the slots the cluster wants filled, in order."""
@@ -380,8 +410,13 @@ class Arbiter:
         return self.settings.graceful_timeout + self.settings.kill_margin + EXIT_SLACK
 
     def shutdown(self, timeout: float) -> None:
-        """Stop taking connections, then stop every worker gracefully (killed after ``timeout``)."""
+        """Stop taking connections, then stop every worker gracefully (killed after ``timeout``).
+
+        Asked again while stopping (a second Ctrl-C), the shorter patience wins: ``timeout=0``
+        kills every worker still running at once; a positive one brings their deadlines closer.
+        """
         if self._closing:
+            self._hurry(timeout)
             return
         self._closing = True
         if self._acceptor is not None:
@@ -390,6 +425,17 @@ class Arbiter:
             slot.restart_at = None
         for worker in list(self.workers):
             self._retire(worker, timeout)
+
+    def _hurry(self, timeout: float) -> None:
+        """A stop under way, asked again: kill now (``timeout <= 0``) or bring the deadlines closer."""
+        now = self.clock()
+        for worker in list(self.workers):
+            if worker.kill_reason is not None:
+                continue
+            if timeout <= 0:
+                self._kill(worker, "killed at once: asked to stop again while stopping")
+            elif worker.stop_deadline is None or worker.stop_deadline > now + timeout:
+                worker.stop_deadline = now + timeout
 
     # ------------------------------------------------------------------- the loop itself
 
@@ -411,6 +457,7 @@ class Arbiter:
                 ready = multiprocessing.connection.wait(waitables, timeout)
                 with self.lock:
                     self._handle_ready(ready)
+                    self._give_up_if_hopeless()
         except BaseException as exc:  # a bug here must not leave workers without a supervisor
             self.crashed = exc
             self._kill_everything(f"the supervisor crashed: {exc!r}")
@@ -493,7 +540,13 @@ class Arbiter:
         deadlines.extend(op.waiting.deadline for op in self._operations if op.waiting is not None)
         for worker in self.workers:
             if worker.state is WorkerState.READY:
-                deadlines.append(worker.last_beat + settings.heartbeat_timeout)
+                if settings.heartbeat_timeout > 0:  # 0: the hung-worker check is off
+                    deadlines.append(worker.last_beat + settings.heartbeat_timeout)
+                if self._acceptor is not None:  # round-robin looks at late workers (_pass_over_stalled)
+                    interval = settings.heartbeat_interval
+                    late_at = worker.last_beat + STALL_AFTER_BEATS * interval
+                    looked = worker.progress_at + interval if worker.progress_at is not None else late_at
+                    deadlines.append(max(late_at, looked))
             elif worker.state is WorkerState.STARTING:
                 deadlines.append(worker.started_at + settings.startup_timeout)
             elif worker.stop_deadline is not None:
@@ -502,9 +555,10 @@ class Arbiter:
         return min(max(soonest - now, 0.0), settings.max_wait)
 
     def _tick(self) -> None:
-        """Everything that is due by the clock, in three steps."""
+        """Everything that is due by the clock, step by step."""
         now = self.clock()
         self._restart_due(now)
+        self._pass_over_stalled(now)
         self._kill_silent(now)
         self._kill_overdue(now)
 
@@ -519,9 +573,50 @@ class Arbiter:
                     slot.restarts += 1
                     self._spawn(slot)
 
+    def _pass_over_stalled(self, now: float) -> None:
+        """Round-robin: stop handing connections to a worker that is late and makes no progress.
+
+        Long before ``heartbeat_timeout`` replaces a hung worker, every connection handed to it
+        would wait. A worker whose beat is :data:`STALL_AFTER_BEATS` intervals late is looked at
+        once an interval: if its CPU time advanced since the last look (or beat), it is busy with
+        a heavy request and keeps its turn; if not, the acceptor passes it over until it beats.
+        """
+        if self._acceptor is None:
+            return
+        interval = self.settings.heartbeat_interval
+        for worker in self.workers:
+            if worker.state is not WorkerState.READY or worker.kill_reason is not None:
+                continue
+            if now - worker.last_beat < STALL_AFTER_BEATS * interval:
+                continue
+            if worker.control_open:
+                self._read_control(worker)  # beats may be waiting if *we* were the slow ones
+                if now - worker.last_beat < STALL_AFTER_BEATS * interval or worker.state is not WorkerState.READY:
+                    continue
+            if worker.progress_at is not None and now - worker.progress_at < interval:
+                continue  # looked at recently
+            cpu = _cpu_seconds(worker.ps)
+            if cpu is None:
+                continue
+            baseline, worker.progress_cpu, worker.progress_at = worker.progress_cpu, cpu, now
+            if baseline is None:
+                continue  # nothing to compare with yet (no beat since ready): judge at the next look
+            progressing = cpu - baseline >= CPU_PROGRESS
+            if progressing == (not worker.stalled):
+                continue  # no change
+            worker.stalled = not progressing
+            self._acceptor.set_stalled(worker, worker.stalled)
+            if worker.stalled:
+                self._emit("stalled", f"no heartbeat for {now - worker.last_beat:.1f} s and no CPU used: "
+                           "passed over by round-robin until it beats again", worker)
+            else:
+                self._emit("recovered", "busy, not hung (its CPU time advances): back in the rotation", worker)
+
     def _kill_silent(self, now: float) -> None:
-        """Kill ready workers whose loop has sent no heartbeat for ``heartbeat_timeout``."""
+        """Kill ready workers whose loop has sent no heartbeat for ``heartbeat_timeout`` (0: never)."""
         timeout = self.settings.heartbeat_timeout
+        if timeout == 0:
+            return
         for worker in list(self.workers):
             if worker.kill_reason is not None or worker.state is not WorkerState.READY:
                 continue
@@ -550,6 +645,8 @@ class Arbiter:
 
     def _spawn(self, slot: _Slot) -> _Worker | None:
         config, settings = self.config, self.settings
+        if self.gave_up is not None:
+            self._start_over()  # a reload or a scale after giving up: listen again first
         context = config.context
         primary_end, worker_end = context.Pipe(duplex=True)
         handoff_primary = handoff_worker = None
@@ -616,6 +713,13 @@ class Arbiter:
             worker.last_beat = now
             worker.requests, worker.in_flight = int(message[1]), int(message[2])
             worker.cpu.sample(worker.ps, now)
+            worker.progress_cpu = worker.cpu.samples[-1][1] if worker.cpu.samples else None
+            worker.progress_at = None
+            if worker.stalled:
+                worker.stalled = False
+                if self._acceptor is not None:
+                    self._acceptor.set_stalled(worker, False)
+                self._emit("recovered", "beating again: back in the rotation", worker)
         elif kind == READY and worker.state is WorkerState.STARTING:
             self._set_state(worker, WorkerState.READY)
             worker.ready_at = worker.last_beat = now
@@ -670,6 +774,41 @@ class Arbiter:
         policy = self.settings.policy
         return (f"{reason}; it died {slot.young_deaths} times in a row within min_uptime={policy.min_uptime:g} s "
                 "of starting, so it is not restarted again: fix the app, then call reload()")
+
+    def _give_up_if_hopeless(self) -> None:
+        """Close the port once every wanted worker has errored and none runs or will restart.
+
+        Holding the port with nobody behind it makes clients hang until they time out; a closed
+        port refuses them at once, which tells them (and their load balancer) the truth. The
+        supervisor stays, so :meth:`reload` can start over (see :meth:`_start_over`).
+        """
+        if self._closing or self.gave_up is not None or self.workers:
+            return
+        wanted = [slot for slot in self.slots.values() if slot.wanted]
+        if not wanted or not all(slot.errored for slot in wanted):
+            return
+        crashes = sum(slot.restarts + 1 for slot in wanted)
+        last = wanted[-1].last_exit or "exited"
+        policy = self.settings.policy
+        self.gave_up = (
+            f"every worker of {self.config.name or self.config.app!r} crashed and is not restarted: "
+            f"{crashes} crashes over {len(wanted)} worker(s), the last: {last}. The port is closed so clients "
+            f"are refused instead of left waiting. Fix the app (a worker that dies within min_uptime="
+            f"{policy.min_uptime:g} s of starting, max_restarts={policy.max_restarts} times in a row, counts as "
+            "broken; raise them only if it is just slow to settle), then reload() or start it again")
+        if self._acceptor is not None:
+            self._acceptor.stop()
+            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._emit("gave-up", self.gave_up, None)
+
+    def _start_over(self) -> None:
+        """Listen again on the cluster's port after giving up (raises ServerStartError if it is taken)."""
+        self._listen(self.port or self.settings.port)
+        self.gave_up = None
+        self._emit("listening", f"listening again on port {self.port}", None)
 
     def _retire(self, worker: _Worker, timeout: float) -> None:
         if worker.state not in (WorkerState.STARTING, WorkerState.READY):

@@ -26,9 +26,15 @@ import time
 
 from ..errors import ConfigurationError
 
-__all__ = ["BALANCE_MODES", "check_balance", "bind_listener", "Acceptor", "receive_handoffs"]
+__all__ = ["BALANCE_MODES", "DEFAULT_BALANCE", "check_balance", "bind_listener", "Acceptor", "receive_handoffs"]
 
 BALANCE_MODES = ("os", "reuseport", "round-robin")
+
+# The default: round-robin wherever sockets can be passed between processes (socket.send_fds),
+# os elsewhere (Windows), as Node.js does. With os, a newcomer's first cluster often serves every
+# kept-alive connection from one worker (lab 02 measured 100% on one); round-robin spreads them
+# by design, and passes over a hung worker (see Arbiter._pass_over_stalled).
+DEFAULT_BALANCE = "round-robin" if hasattr(socket, "send_fds") else "os"
 
 # How many connections the acceptor takes per wake-up before looking at its stop signal again.
 # Larger batches accept bursts with fewer system calls; smaller ones stop a little sooner.
@@ -107,17 +113,24 @@ class Acceptor:
     than letting the waiters race to the door.
 
     :meth:`add` and :meth:`remove` are called by the supervisor; after :meth:`remove` returns, no
-    further connection goes to that worker.
+    further connection goes to that worker. :meth:`set_stalled` marks a worker that seems hung
+    (the supervisor decides: its heartbeat is late and it makes no progress): it is passed over
+    while any other worker can take the connection, and served in turn again if every worker
+    is stalled, since refusing everyone would be worse than a wait. While no worker is there at all
+    (a one-worker cluster restarting), it accepts nothing, so clients queue as they would in ``os``.
     """
 
     def __init__(self, listener: socket.socket) -> None:
         listener.setblocking(False)
         self._listener = listener
         self._targets: list[tuple[object, socket.socket]] = []
+        self._stalled: set[int] = set()  # id() of the keys passed over while others can serve
         self._lock = threading.Lock()
         self._next = 0
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="labkit-cluster-acceptor", daemon=True)
         self.handed = 0
         self.dropped = 0
@@ -134,11 +147,22 @@ class Acceptor:
         """Start sending connections to the worker ``key`` over ``channel`` (non-blocking)."""
         with self._lock:
             self._targets.append((key, channel))
+        self._poke()
 
     def remove(self, key: object) -> None:
         """Send nothing more to the worker ``key``."""
         with self._lock:
             self._targets = [(k, c) for k, c in self._targets if k is not key]
+            self._stalled.discard(id(key))
+        self._poke()
+
+    def set_stalled(self, key: object, stalled: bool) -> None:
+        """Pass over the worker ``key`` while another can take connections (or stop doing so)."""
+        with self._lock:
+            if stalled:
+                self._stalled.add(id(key))
+            else:
+                self._stalled.discard(id(key))
 
     def stop(self) -> None:
         """Stop accepting and wait for the thread; the listener itself stays open."""
@@ -154,12 +178,38 @@ class Acceptor:
 
     def _run(self) -> None:
         with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
+            listening = False
             while not self._stopping:
+                # With no worker to hand to, leave connections in the kernel's queue: they wait for
+                # the next ready worker (a restart, a reload), as in os mode, instead of being closed.
+                with self._lock:
+                    wanted = bool(self._targets)
+                if wanted != listening:
+                    if wanted:
+                        selector.register(self._listener, selectors.EVENT_READ)
+                    else:
+                        selector.unregister(self._listener)
+                    listening = wanted
                 for key, _ in selector.select():
-                    if key.fileobj is self._listener and not self._stopping:
+                    if key.fileobj is self._wake_r:
+                        self._drain_wake()
+                    elif not self._stopping:
                         self._accept_batch()
+
+    def _poke(self) -> None:
+        """Make the thread look at its targets again."""
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # full (it will wake anyway) or closed (stopped)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass  # drained (BlockingIOError), or closed while stopping
 
     def _accept_batch(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -178,14 +228,19 @@ class Acceptor:
     def _hand_off(self, connection: socket.socket) -> None:
         with self._lock:
             count = len(self._targets)
-            for attempt in range(count):
-                index = (self._next + attempt) % count
-                _, channel = self._targets[index]
-                try:
-                    socket.send_fds(channel, [_HANDOFF_BYTE], [connection.fileno()])
-                except OSError:
-                    continue  # full (a stuck worker) or closed (a dead one): try the next
-                self._next = index + 1
-                self.handed += 1
-                return
+            # First the workers that are not stalled, in turn; only if none of them can take
+            # it, the stalled ones, in turn too (every worker late: a wait beats a refusal).
+            for passing_over_stalled in (True, False):
+                for attempt in range(count):
+                    index = (self._next + attempt) % count
+                    key, channel = self._targets[index]
+                    if (id(key) in self._stalled) is passing_over_stalled:
+                        continue
+                    try:
+                        socket.send_fds(channel, [_HANDOFF_BYTE], [connection.fileno()])
+                    except OSError:
+                        continue  # full (a stuck worker) or closed (a dead one): try the next
+                    self._next = index + 1
+                    self.handed += 1
+                    return
         self.dropped += 1  # no worker could take it; closing it tells the client at once

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import multiprocessing.util
+import os
 from collections.abc import Callable
 from typing import Any
 from concurrent.futures import Future
@@ -70,17 +72,23 @@ class Cluster:
             value with cloudpickle, so a spawned worker can rebuild it without importing the
             notebook; an import string is what ``labkit serve`` and scripts use.
         workers: ``"max"`` (one per usable core), ``-1`` (all but one) or a positive count.
-        balance: ``"os"``, ``"reuseport"`` or ``"round-robin"`` (see the module docstring).
+        balance: ``"os"``, ``"reuseport"`` or ``"round-robin"`` (see the module docstring); by
+            default ``"round-robin"`` where the platform can pass sockets (``socket.send_fds``),
+            ``"os"`` elsewhere.
         host: address to bind; 127.0.0.1 keeps the cluster private to this machine.
         port: 0 lets the system pick a free port (see :attr:`url`).
         start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` means ``"forkserver"``
             where the platform has it, else ``"spawn"``; ``$LABKIT_START_METHOD`` overrides that default
             (see :func:`labkit.cores.check_start_method`).
+        app_dir: folder put first on the workers' import path (default ``"."``, the folder the
+            cluster is made in), so an import string may name a module of that folder.
         min_uptime, max_restarts: the crash-loop guard (see :mod:`labkit.cluster._settings` for
             every setting's default and the trade-off behind it).
         restart_delay, max_restart_delay, backoff_factor, stable_uptime: restart backoff.
         heartbeat_timeout: replace a worker whose loop is silent this long.
         graceful_timeout: how long stopping workers may finish in-flight requests.
+        idle_timeout: a client connection that sends nothing, or only part of a request header,
+            for this long is closed by its worker.
         startup_timeout: how long a worker may take to get ready.
         options: keyword arguments for the app factory (picklable values).
         on_change: called with each :class:`ClusterEvent`, from the supervisor thread; keep it
@@ -96,6 +104,7 @@ class Cluster:
         port: int = _DEFAULT.port,
         *,
         start_method: str | None = _DEFAULT.start_method,
+        app_dir: str = _DEFAULT.app_dir,
         min_uptime: float = _DEFAULT.min_uptime,
         max_restarts: int = _DEFAULT.max_restarts,
         restart_delay: float = _DEFAULT.restart_delay,
@@ -104,6 +113,7 @@ class Cluster:
         stable_uptime: float = _DEFAULT.stable_uptime,
         heartbeat_timeout: float = _DEFAULT.heartbeat_timeout,
         graceful_timeout: float = _DEFAULT.graceful_timeout,
+        idle_timeout: float = _DEFAULT.idle_timeout,
         startup_timeout: float = _DEFAULT.startup_timeout,
         options: dict | None = None,
         on_change: Callable[[ClusterEvent], None] | None = None,
@@ -122,6 +132,8 @@ class Cluster:
         if not (module and sep and attr):
             raise ConfigurationError(f"app must look like 'module:factory' (say 'labkit.demo:demo_app'); got {app!r}")
         settings = ClusterSettings(**chosen)
+        # Workers resolve the folder as the primary sees it now, whatever their own directory.
+        settings = dataclasses.replace(settings, app_dir=os.path.abspath(settings.app_dir))
         self.app = app_name
         self.balance = balance
         self.host = host
@@ -243,6 +255,9 @@ class Cluster:
         (which finishes its in-flight requests). Use it after changing the app's code, like
         ``pm2 reload``. If a new worker fails to boot, the reload stops there, the old workers
         keep serving, and :class:`~labkit.errors.ServerStartError` says why.
+
+        After the cluster gave up (every worker errored, see ``stats().gave_up``), a reload
+        starts over: it listens on the same port again and starts every worker afresh.
         """
         arbiter = self._require_running()
         wait = self.startup_timeout if timeout is None else timeout
@@ -325,6 +340,8 @@ class Cluster:
             errored = sum(w.state is WorkerState.ERRORED for w in stats.workers)
             if errored:
                 state += f", {errored} errored"
+            if stats.gave_up:
+                state += ", gave up (port closed; reload() starts over)"
         return f"<Cluster {self.app!r} {state} balance={self.balance} start_method={self.start_method}>"
 
 

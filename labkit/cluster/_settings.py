@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._balance import BALANCE_MODES, check_balance
+from ._balance import BALANCE_MODES, DEFAULT_BALANCE, check_balance
 from ._state import RestartPolicy
 from ..cores import check_start_method
 from ..errors import ConfigurationError
@@ -78,6 +80,12 @@ GRACEFUL_TIMEOUT = 10.0
 # may be writing its last responses).
 KILL_MARGIN = 2.0
 
+# A connection that sends nothing (an idle keep-alive) or only part of a request's header for this
+# long is closed by the worker (tornado's idle_connection_timeout, whose default is an hour). Long
+# enough for a client to reuse its kept-alive connection between requests; short enough that
+# slow or stuck clients cannot hold a worker's connections (and descriptors) for long.
+IDLE_TIMEOUT = 15.0
+
 # How long a worker may take to import, build its app and listen. Spawned workers import
 # tornado and numpy afresh: well under a second on a laptop, several on a loaded CI machine.
 STARTUP_TIMEOUT = 60.0
@@ -99,10 +107,35 @@ BACKLOG = 1024
 # Each check takes the setting's name and value and raises ConfigurationError, or returns None.
 
 
-def _duration(name: str, value: float) -> None:
-    """Seconds: the one rule every duration setting follows."""
+# The longest duration any setting accepts. Longer is never meant (a typo, or "forever", which
+# the settings that can be switched off spell as 0); and the clocks and waits that take these
+# values overflow somewhere above 2**31 seconds, so a bound keeps the failure a clear message.
+MAX_DURATION = 7 * 24 * 3600.0
+
+
+def _duration(name: str, value: float, zero_means: str | None = None) -> None:
+    """Seconds: the one rule every duration setting follows.
+
+    A finite number, from above 0 up to :data:`MAX_DURATION`; 0 too where the setting gives it a
+    meaning (``zero_means``, such as "off"), which the message then names.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds; got {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds; got {value}")
     if value < 0:
         raise ConfigurationError(f"{name} must be non-negative; got {value}")
+    if value == 0 and zero_means is None:
+        raise ConfigurationError(f"{name} must be more than 0 seconds; got {value}")
+    if value > MAX_DURATION:
+        raise ConfigurationError(f"{name} must be at most {MAX_DURATION:g} seconds (a week); got {value:g}")
+
+
+def _duration_or(zero_means: str) -> Callable[[str, float], None]:
+    """The :func:`_duration` check of a setting for which 0 means ``zero_means``."""
+    def check(name: str, value: float) -> None:
+        _duration(name, value, zero_means)
+    return check
 
 
 def _count(name: str, value: int) -> None:
@@ -127,6 +160,12 @@ def _balance(name: str, value: str) -> None:
 def _start_method(name: str, value: str | None) -> None:
     if value is not None:
         check_start_method(value)
+
+
+def _folder(name: str, value: str) -> None:
+    if not isinstance(value, str) or not os.path.isdir(value):
+        raise ConfigurationError(f"{name} must be an existing folder (the one holding your app's module); "
+                                 f"got {value!r}")
 
 
 def _default_start_method() -> str:
@@ -190,7 +229,8 @@ class ClusterSettings:
         "max", "'max' (one per usable core), -1 (all but one) or a count",
         flags=("-w", "--workers"))
     balance: str = setting(
-        "os", "who spreads connections over workers", check=_balance, flags=("--balance",),
+        DEFAULT_BALANCE, "who spreads connections over workers: round-robin where the platform can pass "
+        "sockets between processes, else os", check=_balance, flags=("--balance",),
         choices=lambda: BALANCE_MODES)
     host: str = setting(
         "127.0.0.1", "address to bind; 127.0.0.1 keeps the cluster to this machine", flags=("--host",))
@@ -201,27 +241,38 @@ class ClusterSettings:
         None, "how worker processes start: fork, spawn or forkserver", check=_start_method,
         flags=("--start-method",),
         choices=lambda: tuple(multiprocessing.get_all_start_methods()), default_text=_default_start_method)
+    app_dir: str = setting(
+        ".", "folder put first on the workers' import path, so 'MODULE' may be a module of this folder "
+        "(as gunicorn's --chdir and uvicorn's --app-dir do); '.' is the folder the cluster starts in",
+        check=_folder, flags=("--app-dir",), metavar="FOLDER")
     min_uptime: float = setting(
-        MIN_UPTIME, "a worker that dies sooner than this after starting counts as crashing at boot",
-        check=_duration)
+        MIN_UPTIME, "a worker that dies sooner than this after starting counts as crashing at boot "
+        "(0: no crash counts, so the crash-loop guard is off)", check=_duration_or("off"))
     max_restarts: int = setting(
         MAX_RESTARTS, "crashes at boot in a row before a worker is left errored", check=_count)
     restart_delay: float = setting(
-        RESTART_DELAY, "seconds before the first restart after a crash", check=_duration)
+        RESTART_DELAY, "seconds before the first restart after a crash (0: at once)", check=_duration_or("at once"))
     max_restart_delay: float = setting(
-        MAX_RESTART_DELAY, "the longest wait between restarts", check=_duration)
+        MAX_RESTART_DELAY, "the longest wait between restarts (0: restart at once)",
+        check=_duration_or("at once"))
     backoff_factor: float = setting(
         BACKOFF_FACTOR, "each further restart in a row waits this many times longer", check=_factor)
     stable_uptime: float = setting(
-        STABLE_UPTIME, "a worker up this long starts its backoff afresh", check=_duration)
+        STABLE_UPTIME, "a worker up this long starts its backoff afresh (0: every restart does)",
+        check=_duration_or("always afresh"))
     heartbeat_timeout: float = setting(
-        HEARTBEAT_TIMEOUT, "replace a worker whose event loop is silent this long", check=_duration,
+        HEARTBEAT_TIMEOUT, "replace a worker whose event loop is silent this long; 0 switches the hung-worker "
+        "check off", check=_duration_or("off"),
         flags=("--heartbeat-timeout",), parse=float, metavar="SECONDS")
     graceful_timeout: float = setting(
-        GRACEFUL_TIMEOUT, "how long stopping workers may finish in-flight requests", check=_duration,
+        GRACEFUL_TIMEOUT, "how long stopping workers may finish in-flight requests; 0 cuts them off at once",
+        check=_duration_or("no grace"),
         flags=("--graceful-timeout",), parse=float, metavar="SECONDS")
+    idle_timeout: float = setting(
+        IDLE_TIMEOUT, "close a client connection idle this long, or still sending its request header",
+        check=_duration, flags=("--idle-timeout",), parse=float, metavar="SECONDS")
     startup_timeout: float = setting(
-        STARTUP_TIMEOUT, "how long a worker may take to get ready", check=_duration,
+        STARTUP_TIMEOUT, "how long a worker may take to get ready (more than 0)", check=_duration,
         flags=("--startup-timeout",), parse=float, metavar="SECONDS")
     kill_margin: float = tunable(KILL_MARGIN)
     drain_quiet: float = tunable(DRAIN_QUIET)
@@ -241,7 +292,13 @@ class ClusterSettings:
 
     @property
     def heartbeat_interval(self) -> float:
-        """How often workers beat: :data:`HEARTBEAT_INTERVAL`, or a quarter of a shorter timeout."""
+        """How often workers beat: :data:`HEARTBEAT_INTERVAL`, or a quarter of a shorter timeout.
+
+        With the hung-worker check off (``heartbeat_timeout=0``) workers still beat at the usual
+        pace: the beats carry the request counts that stats show.
+        """
+        if self.heartbeat_timeout == 0:
+            return HEARTBEAT_INTERVAL
         return min(HEARTBEAT_INTERVAL, max(self.heartbeat_timeout / 4, 0.05))
 
 

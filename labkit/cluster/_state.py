@@ -111,6 +111,8 @@ class ClusterStats:
         wanted: how many workers the cluster is asked to run.
         workers: one record per worker, ordered by id.
         requests: requests finished by every worker process, including ones that have exited.
+        gave_up: why the cluster gave up (every worker errored, none will be restarted, the port
+            is closed until :meth:`~labkit.cluster.Cluster.reload`), or ``None`` while it has not.
     """
 
     app: str
@@ -119,6 +121,7 @@ class ClusterStats:
     wanted: int
     workers: tuple[WorkerStats, ...]
     requests: int
+    gave_up: str | None = None
 
     @property
     def ready(self) -> int:
@@ -165,6 +168,8 @@ class ClusterStats:
         errored = [w for w in self.workers if w.state is WorkerState.ERRORED]
         for w in errored:
             lines.append(f"worker {w.id} errored: {w.last_exit}")
+        if self.gave_up:
+            lines.append(f"gave up: {self.gave_up}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -176,7 +181,10 @@ class ClusterEvent:
     """Something that happened to a cluster, for a log line or a live view.
 
     ``kind`` is one of ``"starting"``, ``"ready"``, ``"stopping"``, ``"exited"``, ``"hung"``,
-    ``"boot-error"``, ``"errored"``, ``"scaled"``, ``"reloaded"``, ``"stopped"``, ``"error"``.
+    ``"boot-error"``, ``"errored"``, ``"gave-up"`` (every worker errored: the port is closed),
+    ``"listening"`` (listening again after giving up), ``"stalled"`` and ``"recovered"``
+    (round-robin passes over a worker that seems hung, then takes it back), ``"scaled"``, ``"reloaded"``, ``"stopped"``,
+    ``"error"``.
     """
 
     kind: str

@@ -141,6 +141,8 @@ def _boot(spec: WorkerSpec, listener: socket.socket | None):
     from ..apps import load_app  # imported here: the primary never needs tornado for this
 
     os.environ[WORKER_ID_ENV] = str(spec.worker_id)
+    if spec.settings.app_dir not in sys.path:  # "labkit serve goodapp:app" in goodapp.py's folder
+        sys.path.insert(0, spec.settings.app_dir)
     app = load_app(spec.app, **spec.options)
     sockets: list[socket.socket] = []
     if spec.settings.balance == "os":
@@ -203,7 +205,9 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
     loop = asyncio.get_running_loop()
     tally = _Tally()
     _count_requests(app, tally)
-    server = tornado.httpserver.HTTPServer(app)
+    # idle_connection_timeout bounds both a silent kept-alive connection and a header that
+    # arrives too slowly (tornado uses it as the header timeout too).
+    server = tornado.httpserver.HTTPServer(app, idle_connection_timeout=spec.settings.idle_timeout)
     stop = asyncio.Event()
     stop_timeout = [spec.settings.graceful_timeout]
 

@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import Callable
 
 from labkit.cluster import Cluster, resolve_workers
+from labkit.cluster._balance import DEFAULT_BALANCE  # what a missing 'balance' means
 from labkit.cores import measure_parallelism, usable_cores
 from labkit.errors import ConfigurationError, ServerStartError
 from labkit.load import LoadReport, run_load_async
@@ -99,7 +100,7 @@ async def check_cpu_service(cpu_service_settings) -> str:
     if workers > 2 * usable:
         raise Fail(f"{workers} workers on {usable} usable cores: CPU-bound workers beyond one per core only "
                    "take turns on the same cores (and cost memory each). Run one per usable core ('max').")
-    balance = settings.get("balance", "os")
+    balance = settings.get("balance", DEFAULT_BALANCE)
     if balance == "os":
         raise Fail("balance='os' leaves the choice of worker to the kernel, which may hand every kept-alive "
                    "connection of a burst to one worker (lab 02, section 4): this service's clients keep their "

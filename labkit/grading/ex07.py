@@ -38,6 +38,7 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from labkit.cluster import Cluster, resolve_workers
+from labkit.cluster._balance import DEFAULT_BALANCE  # what a missing 'balance' means
 from labkit.cores import measure_parallelism, usable_cores
 from labkit.errors import ConfigurationError, ServerStartError
 from labkit.load import LoadReport, run_load_async
@@ -345,7 +346,7 @@ def _judge_layout(settings: dict, workers: int, pool_workers: int, usable: int) 
         raise Fail(f"oversubscribed: {shape} = {heavy} heavy workers for {usable} usable cores. They take turns on "
                    "the same cores, add context switches and memory, and finish no sooner (lab 07, section 1). "
                    "Choose K and M with K x M = usable cores.")
-    if workers > 1 and settings.get("balance", "os") == "os":
+    if workers > 1 and settings.get("balance", DEFAULT_BALANCE) == "os":
         raise Fail("with several cluster workers, balance='os' lets the kernel give every kept-alive connection "
                    "to one of them (lab 02), whose pool would then do all the heavy work while the others idle. "
                    "Choose a mode that spreads connections by design.")
