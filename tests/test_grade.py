@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -153,6 +154,15 @@ def test_the_terminal_gets_a_summary_and_progress_but_no_tracebacks_or_kernel_no
     assert "[20/20]" in corpus.stderr
     assert "Traceback" not in corpus.stderr + corpus.stdout
     assert "IPKernelApp" not in corpus.stderr
+
+
+def test_the_first_line_says_how_the_kernels_are_isolated(corpus):
+    from labkit.grading.grade import sandbox_status
+
+    first = corpus.stderr.splitlines()[0]
+    assert first.startswith("grading 20 submissions") and first.endswith(sandbox_status()), first
+    if shutil.which("bwrap"):  # CI installs bubblewrap: there the sandbox must really be in use
+        assert "sandbox: bubblewrap" in first, first
 
 
 def test_the_tiny_exercise_is_flagged_because_its_check_lives_in_the_notebook(corpus):

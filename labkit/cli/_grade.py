@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         find_submissions,
         grade,
         load_solutions,
+        sandbox_status,
         write_gradebook,
     )
 
@@ -131,9 +132,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"grading {len(submissions)} submission{'s' if len(submissions) != 1 else ''} with {settings.jobs} "
           f"job{'s' if settings.jobs != 1 else ''}, against the {len(exercises)} "
-          f"exercise{'s' if len(exercises) != 1 else ''} in {args.solutions}", file=sys.stderr, flush=True)
+          f"exercise{'s' if len(exercises) != 1 else ''} in {args.solutions}; {sandbox_status()}",
+          file=sys.stderr, flush=True)
     try:
-        report = grade(submissions, exercises, settings, progress=_Progress(sys.stderr))
+        # --out is hidden from the kernels too: nothing a student runs can read or write the grades.
+        report = grade(submissions, exercises, settings, progress=_Progress(sys.stderr), hidden=[out])
     except GradeError as exc:
         return fail(str(exc))
     try:

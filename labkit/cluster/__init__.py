@@ -34,8 +34,9 @@ Workers also watch the primary (:func:`labkit._lifeline.watch_parent`) and their
 a killed notebook kernel takes its workers with it.
 
 Which ``balance``? ``round-robin`` is the default wherever the platform can pass sockets between
-processes (``socket.send_fds``; ``os`` on Windows, as in Node.js). ``os`` is the simplest and the kernel's choice is often uneven: a worker that
-has just accepted tends to win again, and kept-alive connections stay where they landed.
+processes (``socket.send_fds``; ``os`` on Windows, as in Node.js). ``os`` is the simplest and the
+kernel's choice is often uneven: a worker that has just accepted tends to win again, and kept-alive
+connections stay where they landed.
 ``reuseport`` spreads connections by a hash of the client's address (on Linux; macOS accepts the
 option but does not spread). ``round-robin`` is the evenest, but every connection passes through
 one thread of the primary, which shares its GIL with whatever the primary is doing (a notebook
@@ -56,16 +57,16 @@ its top-level code under ``if __name__ == "__main__":``, since each worker impor
 from __future__ import annotations
 
 from ._cluster import (
-    Cluster,
-    WorkerState,
-    WorkerStats,
-    ClusterStats,
-    ClusterEvent,
-    RestartPolicy,
-    diagnose,
-    resolve_workers,
     BALANCE_MODES,
     WORKER_ID_ENV,
+    Cluster,
+    ClusterEvent,
+    ClusterStats,
+    RestartPolicy,
+    WorkerState,
+    WorkerStats,
+    diagnose,
+    resolve_workers,
 )
 
 __all__ = [

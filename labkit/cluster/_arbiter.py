@@ -24,6 +24,7 @@ caller's future with what it returns or raises (:meth:`Arbiter.perform`).
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -40,7 +41,10 @@ from typing import Any
 
 import psutil
 
+from .._format import format_host
+from ..errors import ServerStartError
 from ._balance import Acceptor, bind_listener
+from ._settings import ClusterSettings
 from ._state import (
     LIFECYCLE,
     ClusterEvent,
@@ -49,10 +53,7 @@ from ._state import (
     WorkerStats,
     diagnose,
 )
-from ._settings import ClusterSettings
 from ._worker import BEAT, BOOT_ERROR, READY, STOP, WorkerSpec, run_worker
-from .._format import format_host
-from ..errors import ServerStartError
 
 __all__ = ["Arbiter", "ArbiterConfig"]
 
@@ -237,26 +238,26 @@ class Arbiter:
 
     def open(self) -> None:
         """Bind the cluster's socket and start the supervisor thread (no workers yet)."""
-        self._listen(self.settings.port)
-        self.port = self._listener.getsockname()[1]
+        self.port = self._listen(self.settings.port).getsockname()[1]
         # A pipe, not a socketpair: multiprocessing.connection.wait takes pipes on every OS.
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._thread = threading.Thread(target=self._run, name="labkit-cluster-arbiter", daemon=True)
         self._thread.start()
 
-    def _listen(self, port: int) -> None:
+    def _listen(self, port: int) -> socket.socket:
         """Bind the cluster's socket (and start the round-robin acceptor on it)."""
         settings = self.settings
         try:
-            self._listener = bind_listener(
+            listener = self._listener = bind_listener(
                 settings.host, port, reuse_port=settings.balance == "reuseport",
                 listen=settings.balance != "reuseport", backlog=settings.backlog,
             )
         except OSError as exc:
             raise ServerStartError(_bind_failure(settings.host, port, exc)) from exc
         if settings.balance == "round-robin":
-            self._acceptor = Acceptor(self._listener)
+            self._acceptor = Acceptor(listener)
             self._acceptor.start()
+        return listener
 
     def call(self, function: Callable[..., Any], *args: Any) -> Future:
         """Run ``function(*args)`` in the supervisor thread; its result arrives in the future."""
@@ -377,13 +378,13 @@ class Arbiter:
             new = self.replace(slot_id)
             if new is None:
                 raise ServerStartError(f"reload stopped at worker {slot_id}: no new process could be started")
-            yield self._until(lambda: new.state is not WorkerState.STARTING, timeout)
+            yield self._until(functools.partial(_done_starting, new), timeout)
             if new.state is not WorkerState.READY:
                 why = new.boot_error or new.kill_reason or diagnose(new.exitcode)
                 raise ServerStartError(f"reload stopped at worker {slot_id}: the new process {why}; "
                                        "the other workers keep serving the previous code")
             self.retire_workers(old)
-            yield self._until(lambda: _all_exited(old), self._exit_allowance())
+            yield self._until(functools.partial(_all_exited, old), self._exit_allowance())
         return len(ids)
 
     def scale(self, target: int, timeout: float) -> Steps:
@@ -458,7 +459,7 @@ class Arbiter:
                 with self.lock:
                     self._handle_ready(ready)
                     self._give_up_if_hopeless()
-        except BaseException as exc:  # a bug here must not leave workers without a supervisor
+        except BaseException as exc:  # noqa: BLE001 - a bug here must not leave workers without a supervisor
             self.crashed = exc
             self._kill_everything(f"the supervisor crashed: {exc!r}")
         finally:
@@ -482,7 +483,7 @@ class Arbiter:
                 continue
             try:
                 future.set_result(function(*args))
-            except Exception as exc:  # handed to the caller, who re-raises it
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
                 future.set_exception(exc)
 
     def _advance_operations(self) -> None:
@@ -495,7 +496,7 @@ class Arbiter:
             except StopIteration as done:
                 self._operations.remove(operation)
                 operation.future.set_result(done.value)
-            except Exception as exc:  # handed to the caller, who re-raises it
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
                 self._operations.remove(operation)
                 operation.future.set_exception(exc)
 
@@ -667,7 +668,7 @@ class Arbiter:
                                   name=f"labkit-worker-{slot.id}")
         try:
             process.start()
-        except Exception as exc:  # no process: out of memory or descriptors, or unpicklable options
+        except Exception as exc:  # noqa: BLE001 - no process: out of memory or descriptors, or unpicklable options
             primary_end.close()
             if handoff_primary is not None:
                 handoff_primary.close()
@@ -885,7 +886,7 @@ class Arbiter:
                 return
             try:
                 self._on_event(event)
-            except Exception as exc:  # a broken callback must not take the supervisor down
+            except Exception as exc:  # noqa: BLE001 - a broken callback must not take the supervisor down
                 self._on_event = None
                 with self.lock:
                     self.events.append(ClusterEvent("error", f"on_change raised {exc!r}; it is no longer called"))
@@ -917,6 +918,11 @@ class Arbiter:
         for sock in (self._listener, self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
+
+
+def _done_starting(worker: Any) -> bool:
+    """Whether a new worker has left STARTING (ready, or failed)."""
+    return worker.state is not WorkerState.STARTING
 
 
 def _all_exited(workers) -> bool:

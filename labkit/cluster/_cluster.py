@@ -7,12 +7,17 @@ import multiprocessing
 import multiprocessing.util
 import os
 from collections.abc import Callable
-from typing import Any
 from concurrent.futures import Future
+from typing import Any
 
+from .._exits import RemoteTraceback
+from .._format import format_host
+from ..cores import check_start_method, resolve_workers
+from ..errors import ConfigurationError, ServerStartError
 from ._arbiter import Arbiter, ArbiterConfig
 from ._balance import BALANCE_MODES
 from ._by_value import factory_name, pickled_app
+from ._settings import KILL_MARGIN, ClusterSettings, declared
 from ._state import (
     ClusterEvent,
     ClusterStats,
@@ -21,12 +26,7 @@ from ._state import (
     WorkerStats,
     diagnose,
 )
-from ._settings import KILL_MARGIN, ClusterSettings, declared
 from ._worker import WORKER_ID_ENV
-from .._exits import RemoteTraceback
-from .._format import format_host
-from ..cores import check_start_method, resolve_workers
-from ..errors import ConfigurationError, ServerStartError
 
 __all__ = [
     "Cluster",
@@ -122,10 +122,11 @@ class Cluster:
         # checks each one by its own declaration (tests/test_settings.py keeps the two in step).
         chosen = {name: value for name, value in locals().items() if name in _SETTING_NAMES}
         options = dict(options or {})
-        app_name = app
         if callable(app) and not isinstance(app, str):
             app_name = factory_name(app)
             app, options = pickled_app(app, options)
+        elif isinstance(app, str):
+            app_name = app
         if not isinstance(app, str):
             raise ConfigurationError(f"app must be 'module:factory' or a factory function; got {type(app).__name__}")
         module, sep, attr = app.partition(":")

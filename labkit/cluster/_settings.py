@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._balance import BALANCE_MODES, DEFAULT_BALANCE, check_balance
-from ._state import RestartPolicy
 from ..cores import check_start_method
 from ..errors import ConfigurationError
+from ._balance import BALANCE_MODES, DEFAULT_BALANCE, check_balance
+from ._state import RestartPolicy
 
 __all__ = ["ClusterSettings", "Setting", "declared", "add_arguments", "from_arguments"]
 

@@ -95,7 +95,7 @@ def run_worker(spec: WorkerSpec, control: Connection, listener: socket.socket | 
     _lifeline.watch_parent(spec.primary_pid)  # never outlive the primary, however it dies
     try:
         app, sockets = _boot(spec, listener)
-    except BaseException as exc:  # any failure to boot is reported, then we exit
+    except BaseException as exc:  # noqa: BLE001 - any failure to boot is reported, then we exit
         _report_boot_error(control, exc)
         sys.exit(BOOT_ERROR_EXIT)
     asyncio.run(_serve(spec, app, sockets, control, handoff))
@@ -255,7 +255,7 @@ async def _serve(spec: WorkerSpec, app, sockets: list[socket.socket], control: C
     try:
         if hasattr(app, "labkit_start"):
             app.labkit_start()
-    except BaseException as exc:  # a failing start hook is a boot error too
+    except BaseException as exc:  # noqa: BLE001 - a failing start hook is a boot error too
         server.stop()
         _report_boot_error(control, exc)
         raise SystemExit(BOOT_ERROR_EXIT) from None

@@ -31,8 +31,8 @@ What each option buys:
 - ``--cap-drop ALL``: the kernel runs as root in CI, but without capabilities it cannot remount
   what it was given read-only, nor mount anything.
 - ``--tmpfs /tmp``, ``--tmpfs /dev/shm``: private, and gone with the sandbox (no shared-memory
-  segment can outlive its grading); each holds at most the kernel's memory limit. Other submissions' folders, which live in the grader's own
-  temporary folder, are not in it.
+  segment can outlive its grading); each holds at most the kernel's memory limit. Other
+  submissions' folders, which live in the grader's own temporary folder, are not in it.
 
 Where bwrap is missing or namespaces are refused (a container without user namespaces, macOS),
 :func:`detect` says so, and the kernel runs as before: in a session of its own, ended with its
