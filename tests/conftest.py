@@ -196,6 +196,8 @@ SLOW_TEST_FILES = (
     "e2e/*",                     # JupyterLab in Chromium
     "test_exercise*.py",         # student notebooks in fresh kernels
     "test_grade.py",             # `labkit grade` over a corpus of submissions
+    "test_grade_hostile.py",     # a batch of hostile submissions, graded for real
+    "test_sandbox.py",           # kernels in bubblewrap sandboxes
     "test_external_clients.py",  # wrk and hey, from Debian's packages
     "*contract*",                # the contract suite
 )

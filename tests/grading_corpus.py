@@ -372,8 +372,8 @@ def key_thief(loot: str) -> nbformat.NotebookNode:
         "        raise KeyboardInterrupt  # leave before the real check seals its failure\n")
     first = _cell_index(nb, LOGIN_DEF)
     nb.cells[first:first] = [steal, crash, forge]
-    nb = _replace(nb, BLOCKING_LOGIN, "_forge('ex01.offload_hash', 'ex01.many_logins')\n    " + BLOCKING_LOGIN)
-    return _replace(nb, BLOCKING_REPORT, "_forge('ex01.offload_primes')\n    " + BLOCKING_REPORT)
+    nb = replace_once(nb, BLOCKING_LOGIN, "_forge('ex01.offload_hash', 'ex01.many_logins')\n    " + BLOCKING_LOGIN)
+    return replace_once(nb, BLOCKING_REPORT, "_forge('ex01.offload_primes')\n    " + BLOCKING_REPORT)
 
 
 def escaper(marker: str, port: int) -> nbformat.NotebookNode:

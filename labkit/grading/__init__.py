@@ -49,6 +49,7 @@ from .grade import (
     grade,
     load_exercise,
     load_solutions,
+    sandbox_status,
     write_gradebook,
 )
 from .notebook import (
@@ -111,6 +112,7 @@ __all__ = [
     "load_exercise",
     "find_submissions",
     "write_gradebook",
+    "sandbox_status",
     "default_lock_path",
     "GradeSettings",
     "GradeReport",
