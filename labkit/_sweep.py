@@ -211,7 +211,7 @@ def sweep(
         raise ConfigurationError(f"workers must be positive integers, got {counts!r}")
     cores = usable_cores().usable
     delivered = measure_parallelism(cores).delivered
-    from .pool._progress import make_progress  # on use: a sweep without a bar never loads tqdm
+    from ._progress import make_progress  # on use: a sweep without a bar never loads tqdm
 
     bar = make_progress(len(counts), "sweep") if progress else None
     points = []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from labkit._progress import Progress, _is_widget
 from labkit.measure import sweep
 from labkit.pool import WorkerPool
-from labkit.pool._progress import Progress, _is_widget
 
 
 def test_outside_jupyter_the_bar_is_a_text_line_on_stderr(capsys):

@@ -73,7 +73,7 @@ class _Progress:
         self.started = time.monotonic()
 
     def __call__(self, done: int, total: int, running: tuple[str, ...], finished: SubmissionResult | None) -> None:
-        from labkit.grading._engine import clean_text
+        from labkit.grading.grade import clean_text
 
         elapsed = time.monotonic() - self.started
         if self.live:
@@ -92,14 +92,15 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     """Grade the submissions and write the gradebook; see the module docstring for exit codes."""
     from labkit.errors import ConfigurationError
-    from labkit.grading._gradebook import prepare_out, summary_table
     from labkit.grading.grade import (
         GradeError,
         GradeSettings,
         find_submissions,
         grade,
         load_solutions,
+        prepare_out,
         sandbox_status,
+        summary_table,
         write_gradebook,
     )
 

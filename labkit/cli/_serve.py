@@ -38,7 +38,7 @@ OVERSUBSCRIBED = 2
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``labkit serve``: the app, then the cluster's settings that have a flag."""
-    from ..cluster._settings import add_arguments
+    from ..cluster import add_arguments
 
     parser.add_argument("app", metavar="MODULE:APP", help="import string of a tornado app factory, "
                         "e.g. labkit.demo:demo_app")
@@ -47,8 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal says stop; return the exit code."""
-    from ..cluster import Cluster
-    from ..cluster._settings import from_arguments
+    from ..cluster import Cluster, from_arguments
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     try:

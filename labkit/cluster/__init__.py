@@ -56,6 +56,7 @@ its top-level code under ``if __name__ == "__main__":``, since each worker impor
 
 from __future__ import annotations
 
+from ._balance import DEFAULT_BALANCE
 from ._cluster import (
     BALANCE_MODES,
     WORKER_ID_ENV,
@@ -68,6 +69,7 @@ from ._cluster import (
     diagnose,
     resolve_workers,
 )
+from ._settings import ClusterSettings, add_arguments, from_arguments
 
 __all__ = [
     "Cluster",
@@ -79,5 +81,10 @@ __all__ = [
     "diagnose",
     "resolve_workers",
     "BALANCE_MODES",
+    "DEFAULT_BALANCE",
     "WORKER_ID_ENV",
+    # every setting declared once; labkit serve's options are derived from them
+    "ClusterSettings",
+    "add_arguments",
+    "from_arguments",
 ]

@@ -109,8 +109,9 @@ async def check_offload_primes(count_report, limit: int = 150_000) -> str:
     if cpu_here >= IN_PROCESS_SHARE * reference_cpu:
         raise Fail(
             f"count_report computed in this process: it used {cpu_here * 1e3:.0f} ms of this kernel's CPU "
-            f"time, and counting the primes takes {reference_cpu * 1e3:.0f} ms. A thread shares the GIL with "
-            "the loop, so pure-Python work gains no core: use the process pool."
+            f"time, and counting the primes takes {reference_cpu * 1e3:.0f} ms. On this Python (a build with "
+            "a GIL, the default) a thread shares the GIL with the loop, so pure-Python work gains no core: "
+            "use the process pool."
         )
     return "count_report() returns the right count, in another process, and the event loop stays free."
 

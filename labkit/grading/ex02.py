@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from labkit.cluster import Cluster, resolve_workers
-from labkit.cluster._balance import DEFAULT_BALANCE  # what a missing 'balance' means
+from labkit.cluster import (
+    DEFAULT_BALANCE,  # what a missing 'balance' means
+    Cluster,
+    resolve_workers,
+)
 from labkit.cores import measure_parallelism, usable_cores
 from labkit.errors import ConfigurationError, ServerStartError
 from labkit.load import LoadReport, run_load_async

@@ -204,8 +204,9 @@ async def check_count_batch(count_below, limit: int = 200_000) -> str:
     if run.in_this_process:
         raise Fail(
             f"count_below counted in this process: this kernel spent {run.cpu_here * 1e3:.0f} ms of CPU time, "
-            f"and counting the primes takes {run.reference_cpu * 1e3:.0f} ms. Threads take turns at the GIL, "
-            "so pure-Python counting gains no core: use WorkerPool('process', ...) for primes_pool."
+            f"and counting the primes takes {run.reference_cpu * 1e3:.0f} ms. On this Python (a build with "
+            "a GIL, the default) threads take turns at the GIL, so pure-Python counting gains no core: "
+            "use WorkerPool('process', ...) for primes_pool."
         )
     run = await _judge_speed(run, trial)
     if not run.fast_enough:

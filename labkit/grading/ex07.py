@@ -37,8 +37,11 @@ import psutil
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from labkit.cluster import Cluster, resolve_workers
-from labkit.cluster._balance import DEFAULT_BALANCE  # what a missing 'balance' means
+from labkit.cluster import (
+    DEFAULT_BALANCE,  # what a missing 'balance' means
+    Cluster,
+    resolve_workers,
+)
 from labkit.cores import measure_parallelism, usable_cores
 from labkit.errors import ConfigurationError, ServerStartError
 from labkit.load import LoadReport, run_load_async
@@ -300,13 +303,14 @@ async def check_responsive(make_app) -> str:
 
 
 _GIL_HINT = (" Only one process computed: if the heavy work runs in threads, pure-Python work there holds the "
-             "GIL that the loop needs too.")
+             "GIL that the loop needs too (on a build with a GIL, the default).")
 
 
 def _idle_message(run: _Run, usable: int) -> str:
     return (f"cores idle: under heavy load only {run.busy} process{'es' if run.busy > 1 else ''} of the cluster "
-            f"computed, for {usable} usable cores (the cluster used {run.cpu_cores:.2f} cores). Pure-Python work "
-            "in threads shares one GIL, so a thread pool computes in one process however many threads it has: "
+            f"computed, for {usable} usable cores (the cluster used {run.cpu_cores:.2f} cores). On a build with a GIL "
+            "(the default), pure-Python work in threads shares one GIL, so a thread pool computes in one "
+            "process however many threads it has: "
             "run the heavy work in a process pool of pool_workers workers, and check that every cluster worker "
             "gets requests.")
 

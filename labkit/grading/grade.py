@@ -120,8 +120,9 @@ from ._engine import (
     check_cell_timeout,
     run_sync,
 )
-from ._gradebook import GradebookFiles, write_gradebook
+from ._gradebook import GradebookFiles, prepare_out, summary_table, write_gradebook
 from ._inkernel import ARM_ENV, SEAL_MIME, verify_seals
+from ._kernel import clean_text
 from ._outcomes import PartOutcome, cell_problems, part_outcome, problems_before, recorded_verdict
 from ._plan import Exercise, load_exercise, new_alias, plan_cells
 from ._results import GradeError, GradeReport, SubmissionResult, SubmissionStatus
@@ -148,6 +149,10 @@ __all__ = [
     "default_lock_path",
     "ProgressCallback",
     "sandbox_status",
+    # for front ends such as `labkit grade`: the --out folder, the closing table, names made safe to print
+    "prepare_out",
+    "summary_table",
+    "clean_text",
 ]
 
 #: A submission may use this many per-cell timeouts in all, restarts and replays included.

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import cloudpickle
 
 from .._exits import RemoteTraceback
+from .._progress import make_progress
 from ..cores import check_start_method, resolve_workers
 from ..errors import ConfigurationError
 from ._base import (
@@ -38,7 +39,6 @@ from ._base import (
     describe_exit,
     label,
 )
-from ._progress import make_progress
 from ._worker import InitPayload, run_chunk
 
 __all__ = [
