@@ -42,7 +42,7 @@ def solution_function(replacements: dict[str, str] | None = None):
         replace_once(nb, old, new)
     namespace: dict = {}
     source = next(cell.source for cell in nb.cells if "def usable_cores_of(" in cell.source)
-    exec(compile("import math\n" + source.split("\n\n\nfor ")[0], "<solution>", "exec"), namespace)  # noqa: S102
+    exec(compile("import math\n" + source.split("\n\n\nfor ")[0], "<solution>", "exec"), namespace)
     return namespace["usable_cores_of"]
 
 

@@ -50,7 +50,7 @@ def solution_function(name: str, replacements: dict[str, str] | None = None):
     for cell in nb.cells:
         if cell.cell_type == "code" and (cell.source.startswith("import") or f"def {name}(" in cell.source):
             source = cell.source.split("\n\n\nprint(")[0]  # the definition, not the demo line after it
-            exec(compile(source, f"<solution {name}>", "exec"), namespace)  # noqa: S102 - our own solution
+            exec(compile(source, f"<solution {name}>", "exec"), namespace)  # our own solution, cut from the notebook
     return namespace[name]
 
 
