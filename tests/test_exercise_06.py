@@ -11,8 +11,12 @@ copied rules, as ``labkit check`` runs them for a student.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import csv
+import io
 import os
 import re
+import shutil
 
 import nbformat
 import pytest
@@ -231,3 +235,21 @@ def test_copied_rules_fail_the_right_parts_in_a_real_kernel(tmp_path):
         assert "not allowed to run on" in by_part["ex06.usable_cores"].message
         assert not by_part["ex06.other_machines"].passed
         assert sum(o.points for o in by_part.values()) == 0
+
+
+def test_labkit_grade_gives_the_solution_full_marks_and_the_untouched_exercise_zero(tmp_path):
+    solutions = tmp_path / "solutions"
+    solutions.mkdir()
+    shutil.copy(SOLUTION_06, solutions)
+    submissions = tmp_path / "submissions"
+    for student, notebook in (("ada", SOLUTION_06), ("bob", EXERCISE_06)):
+        (submissions / student).mkdir(parents=True)
+        shutil.copy(notebook, submissions / student)
+    out = tmp_path / "grades"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["grade", str(submissions), "--solutions", str(solutions), "--jobs", "2",
+                     "--timeout", "60", "--out", str(out)]) == 0
+    with open(out / "gradebook.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    score = {student: sum(float(r["points"]) for r in rows if r["student"] == student) for student in ("ada", "bob")}
+    assert score == {"ada": 7, "bob": 0}, rows
