@@ -66,7 +66,7 @@ def solution_function(name: str, replacements: dict[str, str] | None = None):
     {SPLIT: "quota, _, period = cpu_max.read_text().strip().partition(' ')"},
     {CEILING: "-(-int(quota) // int(period))"},
     {CEILING: "(int(quota) + int(period) - 1) // int(period)"},
-    {AFFINITY: "import psutil\n    usable = len(psutil.Process().cpu_affinity())"},
+    {AFFINITY: "import psutil\n        usable = len(psutil.Process().cpu_affinity())"},
 ], ids=["the solution", "partition instead of split", "a floor-division ceiling", "an add-and-divide ceiling",
         "psutil's affinity"])
 def test_every_sound_reader_passes_the_visible_and_the_hidden_check(replacements):
@@ -108,6 +108,14 @@ def test_asking_labkit_for_the_answer_is_not_reading_the_machine():
 
     with pytest.raises(Fail, match="asks labkit for the answer"):
         run(check_usable_cores(copied))
+
+
+def test_a_helper_of_the_students_own_that_shares_labkits_name_is_not_labkit():
+    reader = solution_function("usable_cores_from")
+    namespace = {"__name__": "ex06_student", "usable_cores": reader}  # the student named their reader so
+    exec("def usable_cores_from(root='/'):\n    return usable_cores(root)", namespace)
+    mine = namespace["usable_cores_from"]
+    assert "rounds a fractional quota up" in run(check_usable_cores(mine))
 
 
 @MANY_CPUS

@@ -142,13 +142,33 @@ def _names_used(code: types.CodeType) -> set[str]:
     return names
 
 
+def _asks_labkit(function) -> bool:
+    """Whether ``function``'s code names one of labkit's answers and reaches it through labkit.
+
+    A student's own helper that happens to be called ``usable_cores`` is not labkit's.
+    """
+    code = getattr(function, "__code__", None)
+    namespace = getattr(function, "__globals__", None)
+    if not isinstance(code, types.CodeType) or type(namespace) is not dict:
+        return False
+    names = _names_used(code)
+    if not names & _LABKIT_ANSWERS:
+        return False
+    for name in names:
+        value = dict.get(namespace, name)
+        if isinstance(value, types.ModuleType) and value.__name__.partition(".")[0] == "labkit":
+            return True
+        if isinstance(value, types.FunctionType) and value.__module__.partition(".")[0] == "labkit":
+            return True
+    return False
+
+
 def _require_reader(function) -> None:
     if not callable(function):
         raise Fail(f"pass your usable_cores_from function itself to the check, not {type(function).__name__}")
     if inspect.iscoroutinefunction(function):
         raise Fail("usable_cores_from should be a plain function (def usable_cores_from(root): ...), not async")
-    code = getattr(function, "__code__", None)
-    if isinstance(code, types.CodeType) and _names_used(code) & _LABKIT_ANSWERS:
+    if _asks_labkit(function):
         raise Fail("usable_cores_from asks labkit for the answer (usable_cores or cgroup_cpu_quota); this "
                    "part is about reading the facts yourself: the process's affinity and the cpu.max files under root")
 
