@@ -6,7 +6,7 @@ reads this process's CPU affinity for real and the cgroup v2 ``cpu.max`` files u
 returns the usable cores: the CPUs the process may run on, capped by the tightest quota on its
 cgroup path, a fractional quota rounded up (labkit's rule, :mod:`labkit.cores`).
 
-The check builds the machine shapes it wants. A quota is a fake tree (:func:`fake_tree`): the two
+The check builds the machine shapes it wants. A quota is a fake tree (:func:`fake_tree`): the
 files ``usable_cores(root=...)`` reads. An affinity is real: the check starts a process of its own
 (a one-worker :class:`~labkit.pool.WorkerPool`), pins that process with ``os.sched_setaffinity``
 and calls the student's function there. Nothing of labkit is patched, so the grader's tamper
