@@ -71,11 +71,11 @@ def _plain_number(value: numbers.Real) -> int | float:
 
 
 def _format_number(value: float) -> str:
-    if value == int(value) and abs(value) < 1e15:
-        return f"{int(value):,}"
-    if abs(value) >= 100:
+    """Counts as counts (``1,000``); measurements to three figures, a float keeping its point (``1.0``)."""
+    if isinstance(value, int) or abs(value) >= 100:
         return f"{value:,.0f}"
-    return f"{value:.3g}"
+    text = f"{value:.3g}"
+    return text if any(mark in text for mark in ".e") else text + ".0"
 
 
 def _with_unit(text: str, unit: str) -> str:
@@ -141,10 +141,9 @@ class Prediction:
             if self.choices is not None:
                 wanted = f"one of {_quoted(self.choices)}"
             else:
-                wanted = "a number" + (f" (in {self.unit})" if self.unit not in ("", "x") else "")
+                wanted = "a number" + (f" ({self.unit})" if self.unit not in ("", "x") else "")
                 wanted += " or a range (low, high)"
-            return (f"✎ {self.key}: no prediction yet. Replace None with {wanted} and run this cell again, "
-                    "before the experiment.")
+            return f"✎ {self.key}: no guess yet. Replace None with {wanted}, then run this cell again."
         text = f"✎ {self.key}: you predict {self.describe()}."
         if self.late:
             return text + " (Recorded after this kernel showed the result: hindsight, not a prediction.)"
@@ -196,6 +195,7 @@ class PredictionBook:
     def __init__(self) -> None:
         self._recorded: dict[str, Prediction] = {}
         self._revealed: set[str] = set()
+        self._nudged = False  # whether a reveal has already asked for a guess first
 
     def __repr__(self) -> str:
         names = ", ".join(self._recorded) or "none"
@@ -247,11 +247,17 @@ class PredictionBook:
     def reveal(self, key: str, measured: object) -> None:
         """Print the prediction under ``key`` beside ``measured``, with a short verdict.
 
-        Takes what :meth:`judge` takes. Kind to a missing guess: it shows the result anyway.
+        Takes what :meth:`judge` takes. Kind to a missing guess: it shows the result anyway, and
+        asks for a guess next time only once per kernel.
         """
         shown = self.judge(key, measured)
         self._revealed.add(shown.key)
-        print(shown)
+        text = shown.text
+        if shown.verdict == "not predicted":
+            if self._nudged:  # say it once per kernel, not after every result
+                text = text.replace(" " + _GUESS_FIRST, "")
+            self._nudged = True
+        print(text)
 
     @staticmethod
     def trend(before: float, after: float, within: float = 0.15) -> str:
@@ -350,7 +356,7 @@ class PredictionBook:
         if prediction is None:
             return "not recorded", ""
         if not prediction.made:
-            return "not predicted", "Next time, write a guess first: a wrong guess teaches more than none."
+            return "not predicted", _GUESS_FIRST
         if measured is None:
             return "not measured", ""
         guess = prediction.value
@@ -372,6 +378,9 @@ class PredictionBook:
         return _number_verdict(float(guess), float(measured))
 
 
+_GUESS_FIRST = "Next time, guess first: a wrong guess teaches more than none."
+
+
 def _number_verdict(guess: float, measured: float) -> tuple[str, str]:
     if guess == measured or abs(guess - measured) <= SPOT_ON * max(abs(guess), abs(measured)):
         return "spot on", "Spot on."
@@ -382,7 +391,8 @@ def _number_verdict(guess: float, measured: float) -> tuple[str, str]:
             off = abs(measured - guess) / guess
             return "close", f"Close: the result came out {off:.0%} {direction} than your guess."
         verdict = "too high" if guess > measured else "too low"
-        return verdict, f"Your guess was {_format_number(ratio)} times {verdict}."
+        times = f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.1f}"
+        return verdict, f"Your guess was {times} times {verdict}."
     verdict = "too high" if guess > measured else "too low"
     return verdict, f"The result came out {direction} than your guess."
 

@@ -62,7 +62,7 @@ def test_the_placeholder_none_records_no_guess_and_says_how_to_make_one(book, ca
     book("lab01.overlap", None, choices=("yes", "no"))
     out = capsys.readouterr().out
     assert book.recorded("lab01.overlap").made is False
-    assert "no prediction yet" in out and 'one of "yes" or "no"' in out and "None" in out
+    assert "no guess yet" in out and 'one of "yes" or "no"' in out and "None" in out
 
 
 def test_the_output_of_a_predict_cell_is_deterministic(book, capsys):
@@ -198,7 +198,7 @@ def test_the_reveal_without_a_guess_still_shows_the_result_kindly(book, capsys):
     book.reveal("lab01.thousand_waits", 1.0213)
     out = capsys.readouterr().out.splitlines()[-1]
     assert out.startswith("lab01.thousand_waits: no prediction. Measured: 1.02 s.")
-    assert "write a guess first" in out
+    assert "guess first" in out
     assert book.judge("lab01.thousand_waits", 1.0).verdict == "not predicted"
 
 
@@ -292,3 +292,12 @@ def test_the_stored_values_are_plain_builtins_a_check_can_compare(book):
     book("ex.r", (np.float32(1), Sneaky(2)))
     assert type(book.recorded("ex.n").value) is float
     assert [type(v) for v in book.recorded("ex.r").value] == [float, float]
+
+
+def test_the_nudge_to_guess_first_comes_once_per_kernel(book, capsys):
+    book("lab.a", None)
+    book("lab.b", None)
+    book.reveal("lab.a", 1.0)
+    book.reveal("lab.b", 2.0)
+    first, second = capsys.readouterr().out.splitlines()[-2:]
+    assert "guess first" in first and second == "lab.b: no prediction. Measured: 2.0."
