@@ -301,3 +301,24 @@ def test_the_nudge_to_guess_first_comes_once_per_kernel(book, capsys):
     book.reveal("lab.b", 2.0)
     first, second = capsys.readouterr().out.splitlines()[-2:]
     assert "guess first" in first and second == "lab.b: no prediction. Measured: 2.0."
+
+
+# --------------------------------------------------------------------------------------------
+# the grader's tamper evidence
+
+
+def test_recording_and_revealing_in_the_kernels_book_is_not_tampering(capsys):
+    # A graded notebook predicts between the grader's arming and its checks: that must not look like
+    # a change to labkit. Rebinding the book, by contrast, must.
+    from labkit.grading._inkernel import _replaced, _snapshot
+
+    seen = _snapshot()
+    labkit.predict("ex00.tamper_probe", 3)
+    labkit.predict.reveal("ex00.tamper_probe", 3)
+    assert _replaced(seen) == []
+    original = labkit.predict
+    try:
+        labkit.predict = PredictionBook()
+        assert "labkit.predict" in _replaced(seen)
+    finally:
+        labkit.predict = original
