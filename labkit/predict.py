@@ -8,8 +8,14 @@ answer is on the screen, so the labs ask for it in a cell instead::
     labkit.predict.reveal("lab02.cpu_speedup", speedup)    # after it
 
 The first call records the guess and prints it back; the second prints it beside the measured
-value with a short, friendly verdict ("You predicted x1.8; measured x1.95. Close: ..."). A guess
-left as ``None`` means "not predicted yet", and the reveal says so kindly instead of failing.
+value with a short, friendly verdict::
+
+    ✎ lab02.cpu_speedup: you predict x1.8. Now run the experiment.
+    lab02.cpu_speedup: you predicted x1.8. Measured: x1.95. Spot on.
+
+A guess left as ``None`` means "not predicted yet": the reveal then shows the result alone, kindly,
+instead of failing. :meth:`PredictionBook.trend` turns two measurements into the answer of a
+choice ``("higher", "about the same", "lower")``.
 
 Three kinds of guess, so that each question is asked in the form that suits it:
 
