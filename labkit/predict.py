@@ -28,9 +28,15 @@ Where the predictions live. Each call records into one book per kernel, this mod
 in the saved notebook (widget state is not saved, which is why there is no widget here). An
 exercise check may read a recorded prediction with :meth:`PredictionBook.recorded` and judge it
 with :meth:`PredictionBook.judge`, whose :attr:`Reveal.right` is ``True`` or ``False`` only where a
-guess can be judged fairly (a range, a choice) and ``None`` for a bare number. The values a
-prediction holds are plain built-ins (``int``, ``float``, ``str``, a tuple of two numbers), so a
-check can compare them without asking the student's objects anything.
+guess can be judged fairly (a range, a choice) and ``None`` for a bare number. In a check::
+
+    guess = labkit.predict.recorded("ex02.fair_mode")
+    if guess is None or not guess.made or guess.late:
+        ...  # fail: "write your prediction in its cell, before the experiment"
+    right = labkit.predict.judge("ex02.fair_mode", modes_that_were_fair).right
+
+The values a prediction holds are plain built-ins (``int``, ``float``, ``str``, a tuple of two
+numbers), so a check can compare them without asking the student's objects anything.
 
 Note on names: ``labkit.predict`` is the book (callable), not this module; import the classes
 with ``from labkit.predict import Prediction, PredictionBook, Reveal``.
