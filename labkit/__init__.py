@@ -14,6 +14,7 @@ The names most labs need are importable from here; each lives in a small module 
 - :mod:`labkit.measure`: experiments' measurements (:func:`trace_latency`, ...)
 - :mod:`labkit.plots` and :mod:`labkit.widgets`: pictures and live views of the above
 - :mod:`labkit.grading`: exercises, :func:`check` for self-checks, ``labkit assign``
+- :mod:`labkit.predict`: :data:`predict`, the student's guess before an experiment, and its reveal after
 
 Importing labkit has no side effects: no signal handlers, no atexit hooks, no plotting styles.
 Heavy modules (plots, widgets) load on first use.
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from .cores import CoreInfo, Parallelism, measure_parallelism, usable_cores
 from .errors import ConfigurationError, LabkitError, NoRunningLoopError, ServerStartError
+from .predict import predict  # the book of predictions; it shadows the module's name on purpose
 from .probe import LagStats, LoopProbe
 from .workloads import async_io_wait, blur, count_primes, hash_password, io_wait, make_image, spin
 
@@ -43,6 +45,8 @@ __all__ = [
     "ConfigurationError",
     "NoRunningLoopError",
     "ServerStartError",
+    # predictions
+    "predict",
     # probe
     "LoopProbe",
     "LagStats",
