@@ -21,19 +21,27 @@ from labkit.grading.ex07 import check_answers, check_every_core, check_responsiv
 EXERCISE_07 = EXERCISES / "07_cluster_plus_workers.ipynb"
 
 
-def service(heavy_work: str = "process", wrong_answer: bool = False):
-    """A capstone app factory: heavy work in a "process" pool, a "thread" pool, on the "loop", or
-    still the exercise's "stub"."""
+def service(primes: str = "process", hashes: str = "thread", wrong_answer: bool = False, shared_result: bool = False):
+    """A capstone app factory. ``primes`` and ``hashes`` say where each endpoint's work runs: in a
+    "process" pool, a "thread" pool, the "same" pool as /primes', on the "loop", or still the
+    exercise's "stub"."""
     import tornado.web
 
     from labkit.workloads import count_primes, hash_password
 
-    async def run(handler, fn, *args):
-        if heavy_work == "stub":
-            raise NotImplementedError("await asyncio.wrap_future(pool.submit(fn, *args)) (the pool's answer)")
-        if heavy_work == "loop":
+    last = {}  # shared_result: every request's answer lands here, where the others read it
+
+    async def run(pool, where, fn, *args):
+        if where == "stub":
+            raise NotImplementedError("count_primes(n) runs in self.application.primes_pool (lab 01)")
+        if where == "loop":
             return fn(*args)  # the mistake: the loop computes
-        return await asyncio.wrap_future(handler.application.pool.submit(fn, *args))
+        if not shared_result:
+            return await asyncio.wrap_future(pool.submit(fn, *args))
+        future = pool.submit(fn, *args)
+        last["answer"] = await asyncio.wrap_future(future)
+        await asyncio.sleep(0.05)  # meanwhile another request may overwrite it
+        return last["answer"]
 
     class Fast(tornado.web.RequestHandler):
         def get(self):
@@ -42,25 +50,31 @@ def service(heavy_work: str = "process", wrong_answer: bool = False):
     class Primes(tornado.web.RequestHandler):
         async def get(self):
             n = int(self.get_argument("n"))
-            primes = await run(self, count_primes, n)
-            self.write({"n": n, "primes": primes + (1 if wrong_answer and n == 0 else 0)})
+            counted = await run(self.application.primes_pool, primes, count_primes, n)
+            self.write({"n": n, "primes": counted + (1 if wrong_answer and n == 0 else 0)})
 
     class Hash(tornado.web.RequestHandler):
         async def get(self):
             cost = int(self.get_argument("cost"))
-            self.write({"cost": cost, "hash": await run(self, hash_password, b"capstone", b"labkit-course-salt", cost)})
+            digest = await run(self.application.hash_pool, hashes, hash_password, b"capstone", b"labkit-course-salt", cost)
+            self.write({"cost": cost, "hash": digest})
 
     class App(tornado.web.Application):
         def __init__(self, pool_workers):
             super().__init__([(r"/fast", Fast), (r"/primes", Primes), (r"/hash", Hash)])
-            self.pool_workers, self.pool = pool_workers, None
+            self.pool_workers, self.primes_pool, self.hash_pool = pool_workers, None, None
 
         def labkit_start(self):
-            kind = "thread" if heavy_work == "thread" else "process"
-            self.pool = labkit.WorkerPool(kind, workers=self.pool_workers)
+            kind = {"thread": "thread"}.get(primes, "process")
+            self.primes_pool = labkit.WorkerPool(kind, workers=self.pool_workers)
+            if hashes == "same":
+                self.hash_pool = self.primes_pool
+            else:
+                self.hash_pool = labkit.WorkerPool({"thread": "thread"}.get(hashes, "process"), workers=self.pool_workers)
 
         def labkit_close(self):
-            self.pool.shutdown(cancel_futures=True)
+            for pool in (self.primes_pool, self.hash_pool):
+                pool.shutdown(cancel_futures=True)
 
     def make_app(pool_workers=1):
         return App(pool_workers)
