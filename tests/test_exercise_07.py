@@ -1,24 +1,41 @@
 """Exercise 07, the capstone: its checks pass the right service and name what is wrong with others.
 
-The right answer passes under nbval (solutions/07). Here: the layout facts, judged before anything
-runs; then real clusters of wrong apps under real load, which must fail for the right reason; and
-the untouched exercise. The apps are built inside functions, so they travel to the workers by
-value, as a notebook's do.
+The right answer passes under nbval (solutions/07: a process pool for /primes, a thread pool for
+/hash). Here: the layout facts, judged before anything runs; then real clusters of right and wrong
+apps under real load, which must pass, or fail for the right reason with a message that teaches
+without giving the answer; the hidden checks; and the untouched exercise. The apps are built inside
+functions, so they travel to the workers by value, as a notebook's do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 
+import nbformat
 import pytest
 from helpers import EXERCISES
 
 import labkit
 from labkit.cli import main
 from labkit.grading.checks import Fail
-from labkit.grading.ex07 import check_answers, check_every_core, check_responsive
+from labkit.grading.ex07 import check_answers, check_any_machine, check_every_core, check_responsive, gil_enabled
 
 EXERCISE_07 = EXERCISES / "07_cluster_plus_workers.ipynb"
+
+# What a message or a hint must never say: the pool kind, the balancing mode or the sizes to write.
+ANSWERS = [r"WorkerPool\(", r"process pool", r"thread pool", r"['\"]process['\"]", r"['\"]thread['\"]",
+           r"processes\b(?! of the cluster)", r"round-robin", r"reuseport", r"K x M =", r"= usable",
+           r"workers=\d", r"['\"](pool_)?workers['\"]:\s*(\d|['\"]max)", r"wrap_future",
+           r"run_in_executor", r"\.submit\("]
+
+
+def teaches_without_the_answer(message: str) -> str:
+    """``message``, once asserted to name none of :data:`ANSWERS`."""
+    for answer in ANSWERS:
+        assert not re.search(answer, message), f"{answer!r} gives the answer away in: {message}"
+    return message
 
 
 def service(primes: str = "process", hashes: str = "thread", wrong_answer: bool = False, shared_result: bool = False):
@@ -29,7 +46,7 @@ def service(primes: str = "process", hashes: str = "thread", wrong_answer: bool 
 
     from labkit.workloads import count_primes, hash_password
 
-    last = {}  # shared_result: every request's answer lands here, where the others read it
+    last = {}  # shared_result: each endpoint's answers land here, where its other requests read them
 
     async def run(pool, where, fn, *args):
         if where == "stub":
@@ -39,9 +56,9 @@ def service(primes: str = "process", hashes: str = "thread", wrong_answer: bool 
         if not shared_result:
             return await asyncio.wrap_future(pool.submit(fn, *args))
         future = pool.submit(fn, *args)
-        last["answer"] = await asyncio.wrap_future(future)
-        await asyncio.sleep(0.05)  # meanwhile another request may overwrite it
-        return last["answer"]
+        last[fn] = await asyncio.wrap_future(future)
+        await asyncio.sleep(0.05)  # meanwhile another request of the same endpoint may overwrite it
+        return last[fn]
 
     class Fast(tornado.web.RequestHandler):
         def get(self):
@@ -56,7 +73,8 @@ def service(primes: str = "process", hashes: str = "thread", wrong_answer: bool 
     class Hash(tornado.web.RequestHandler):
         async def get(self):
             cost = int(self.get_argument("cost"))
-            digest = await run(self.application.hash_pool, hashes, hash_password, b"capstone", b"labkit-course-salt", cost)
+            digest = await run(self.application.hash_pool, hashes, hash_password, b"capstone", b"labkit-course-salt",
+                               cost)
             self.write({"cost": cost, "hash": digest})
 
     class App(tornado.web.Application):
@@ -70,7 +88,8 @@ def service(primes: str = "process", hashes: str = "thread", wrong_answer: bool 
             if hashes == "same":
                 self.hash_pool = self.primes_pool
             else:
-                self.hash_pool = labkit.WorkerPool({"thread": "thread"}.get(hashes, "process"), workers=self.pool_workers)
+                kind = {"thread": "thread"}.get(hashes, "process")
+                self.hash_pool = labkit.WorkerPool(kind, workers=self.pool_workers)
 
         def labkit_close(self):
             for pool in (self.primes_pool, self.hash_pool):
@@ -94,7 +113,7 @@ USABLE = labkit.usable_cores().usable
 
 
 @pytest.mark.parametrize("layout, message", [
-    (layout_of(USABLE, 2), "oversubscribed: .* = {} heavy workers for {} usable cores".format(2 * USABLE, USABLE)),
+    (layout_of(USABLE, 2), f"oversubscribed: .* = {2 * USABLE} heavy workers for {USABLE} usable cores"),
     (layout_of(2 * USABLE, 1), "oversubscribed"),
     (layout_of(USABLE, USABLE), "oversubscribed"),
     (lambda: {"workers": 2, "balance": "os", "options": {"pool_workers": 1}}, "spreads connections by design"),
@@ -113,19 +132,70 @@ def test_layouts_are_judged_on_their_facts_before_anything_runs(layout, message)
 
 @pytest.mark.skipif(USABLE < 2, reason="one pool worker is the whole budget on one usable core")
 def test_a_layout_that_leaves_cores_idle_is_told_so():
-    with pytest.raises(Fail, match="cores idle: 1 cluster worker x 1 pool worker = 1 heavy worker"):
+    with pytest.raises(Fail, match="cores idle: 1 cluster worker x 1 pool worker = 1 heavy worker") as failed:
         run(check_every_core(service(), layout_of(1, 1)))
+    teaches_without_the_answer(str(failed.value))
+
+
+def test_no_layout_message_states_the_layout_to_write():
+    for layout in (layout_of(USABLE, 2), layout_of(2 * USABLE, 1), layout_of(1, 1),
+                   lambda: {"workers": 2, "balance": "os", "options": {"pool_workers": 1}}, lambda: [1, 1]):
+        try:
+            run(check_every_core(service(), layout))
+        except Fail as exc:
+            teaches_without_the_answer(str(exc))
+
+
+# ------------------------------------------------------------------------------ right services pass
+
+
+def test_a_thread_pool_for_hash_passes_beside_a_process_pool_for_primes():
+    # scrypt releases the GIL: lab 07's table puts it on threads. (This is the solution's shape.)
+    run(check_responsive(service(primes="process", hashes="thread")))
+
+
+def test_one_process_pool_for_both_endpoints_passes_too():
+    run(check_responsive(service(primes="process", hashes="same")))
+
+
+# ------------------------------------------------------------------------------ wrong services fail
 
 
 def test_computing_on_the_loop_is_a_blocked_loop():
-    with pytest.raises(Fail, match="the loop is blocked: while heavy requests ran, /fast took up to"):
-        run(check_responsive(service("loop")))
+    with pytest.raises(Fail, match="the loop is blocked: while /primes requests loaded the app, /fast took up to"
+                       ) as failed:
+        run(check_responsive(service(primes="loop")))
+    teaches_without_the_answer(str(failed.value))
+
+
+def test_hashing_on_the_loop_is_a_blocked_loop_even_though_scrypt_releases_the_gil():
+    with pytest.raises(Fail, match="the loop is blocked: while /hash requests loaded the app") as failed:
+        run(check_responsive(service(hashes="loop")))
+    teaches_without_the_answer(str(failed.value))
 
 
 @pytest.mark.skipif(USABLE < 2, reason="with one usable core, one process computing is the whole machine")
-def test_pure_python_in_a_thread_pool_is_caught_by_the_gil():
-    with pytest.raises(Fail, match="Only one process computed|only 1 process of the cluster computed"):
-        run(check_responsive(service("thread")))
+@pytest.mark.skipif(not gil_enabled(), reason="without a GIL, threads may compute pure Python in parallel")
+def test_pure_python_in_a_thread_pool_passes_nothing_without_understanding_the_gil():
+    # The attempt that "passes without understanding": a pool, awaited, the loop free, /fast fast,
+    # and every endpoint on threads because lab 07's table says threads for /hash.
+    with pytest.raises(Fail) as failed:
+        run(check_responsive(service(primes="thread", hashes="thread")))
+    message = teaches_without_the_answer(str(failed.value))
+    assert re.search(r"while only /primes requests loaded the app, 1 process of the cluster computed, "
+                     rf"for {USABLE} usable cores \(the cluster used \d+\.\d\d cores\)", message), message
+    assert "pure Python" in message and "runs with a GIL" in message and "one core between them" in message
+
+
+@pytest.mark.skipif(USABLE < 2, reason="with one usable core, one process computing is the whole machine")
+@pytest.mark.skipif(not gil_enabled(), reason="without a GIL, threads may compute pure Python in parallel")
+def test_pure_python_in_threads_fails_the_layout_check_too_however_the_layout_is_sized():
+    with pytest.raises(Fail, match="1 process of the cluster computed") as failed:
+        run(check_every_core(service(primes="thread", hashes="process"), layout_of(1, USABLE)))
+    teaches_without_the_answer(str(failed.value))
+
+
+# ------------------------------------------------------------------------------ hidden checks
 
 
 def test_a_wrong_answer_fails_the_hidden_check_with_the_case():
@@ -133,10 +203,45 @@ def test_a_wrong_answer_fails_the_hidden_check_with_the_case():
         run(check_answers(service(wrong_answer=True)))
 
 
+def test_an_answer_kept_where_other_requests_overwrite_it_fails_the_hidden_mix():
+    # Right one request at a time, as every visible check asks for answers; wrong when they overlap.
+    with pytest.raises(Fail, match="while .* other requests were in flight"):
+        run(check_answers(service(shared_result=True)))
+
+
+def test_the_solution_shape_passes_the_hidden_answers():
+    run(check_answers(service()))
+
+
+needs_a_smaller_machine = pytest.mark.skipif(
+    USABLE < 2 or not hasattr(os, "sched_setaffinity"), reason="needs two usable cores and CPU affinity")
+
+
+@needs_a_smaller_machine
+def test_a_layout_fitted_to_this_machine_fails_on_a_smaller_one():
+    fitted = layout_of(USABLE, 1)  # this machine's numbers, written in: passes the visible check here
+    with pytest.raises(Fail, match=r"on a machine with \d+ usable cores? \(a process pinned to fewer CPUs") as failed:
+        run(check_any_machine(fitted))
+    message = teaches_without_the_answer(str(failed.value))
+    assert "oversubscribed" in message and "from the cores it may use" in message
+
+
+@pytest.mark.parametrize("layout", [
+    lambda: {"workers": labkit.usable_cores().usable, "balance": "round-robin", "options": {"pool_workers": 1}},
+    lambda: {"workers": "max", "balance": "round-robin", "options": {"pool_workers": 1}},
+    lambda: {"workers": 1, "options": {"pool_workers": labkit.usable_cores().usable}},
+], ids=["K = usable", "K = 'max'", "M = usable"])
+def test_a_layout_computed_from_the_usable_cores_passes_on_a_smaller_machine(layout):
+    run(check_any_machine(layout))
+
+
+# ------------------------------------------------------------------------------ the exercise
+
+
 def test_a_handler_still_a_stub_is_not_done_yet_with_its_whole_hint():
     with pytest.raises(NotImplementedError) as stub:
         run(check_answers(service("stub")))
-    assert str(stub.value) == "await asyncio.wrap_future(pool.submit(fn, *args)) (the pool's answer)"
+    assert str(stub.value) == "count_primes(n) runs in self.application.primes_pool (lab 01)"
 
 
 def test_a_factory_that_is_not_an_app_is_told_what_to_return():
@@ -144,9 +249,17 @@ def test_a_factory_that_is_not_an_app_is_told_what_to_return():
         run(check_responsive(lambda pool_workers=1: {}))
 
 
+def test_the_exercises_hints_guide_without_giving_the_code():
+    stubs = "".join(cell.source for cell in nbformat.read(EXERCISE_07, as_version=4).cells if cell.cell_type == "code")
+    hints = re.findall(r'raise NotImplementedError\((".*")\)', stubs)
+    assert len(hints) == 4, hints
+    for hint in hints:
+        teaches_without_the_answer(hint)
+
+
 def test_the_untouched_exercise_fails_every_part_with_a_next_step(capsys):
     assert main(["check", str(EXERCISE_07)]) == 1
     out = capsys.readouterr().out
     assert "0/8 points" in out
     assert out.count("not done yet") == 2
-    assert "labkit.WorkerPool of self.pool_workers processes" in out
+    assert "which kind of worker lets each endpoint's work compute beside the loop" in " ".join(out.split())

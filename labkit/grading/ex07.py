@@ -485,7 +485,7 @@ def _judge_layout(settings: dict, workers: int, pool_workers: int, usable: int) 
     if workers > 1 and settings.get("balance", DEFAULT_BALANCE) == "os":
         raise Fail("with several cluster workers, balance='os' lets the kernel give every kept-alive connection "
                    "to one of them (lab 02), whose pool would then do all the heavy work while the others idle. "
-                   "Which modes spread connections by design?")
+                   "Which mode spreads connections by design?")
 
 
 @register("ex07.every_core")
