@@ -235,6 +235,17 @@ def test_a_layout_computed_from_the_usable_cores_passes_on_a_smaller_machine(lay
     run(check_any_machine(layout))
 
 
+@needs_a_smaller_machine
+def test_a_layout_that_reads_the_notebooks_info_and_prints_passes_on_a_smaller_machine():
+    # As a notebook's cell would define it: `info` read at the top, then used (by value) in layout().
+    cells = {"__name__": "__main__", "labkit": labkit}
+    exec("info = labkit.usable_cores()\n"
+         "def layout():\n"
+         "    print('choosing for', info.usable, 'cores')\n"
+         "    return {'workers': info.usable, 'balance': 'round-robin', 'options': {'pool_workers': 1}}\n", cells)
+    run(check_any_machine(cells["layout"]))
+
+
 # ------------------------------------------------------------------------------ the exercise
 
 

@@ -472,15 +472,16 @@ def _layout(layout: Callable[[], dict], resolve: Callable[[Any], int] = resolve_
 def _judge_layout(settings: dict, workers: int, pool_workers: int, usable: int) -> None:
     """The facts a layout can be judged on before anything runs."""
     heavy = workers * pool_workers
+    cores = f"{usable} usable core{'s' if usable != 1 else ''}"
     shape = f"{workers} cluster worker{'s' if workers > 1 else ''} x {pool_workers} pool worker" + \
             ("s" if pool_workers > 1 else "")
     if heavy < usable:
-        raise Fail(f"cores idle: {shape} = {heavy} heavy worker{'s' if heavy > 1 else ''} for {usable} usable cores, "
+        raise Fail(f"cores idle: {shape} = {heavy} heavy worker{'s' if heavy > 1 else ''} for {cores}, "
                    f"so {usable - heavy} core{'s' if usable - heavy > 1 else ''} "
                    f"never compute{'s' if usable - heavy == 1 else ''}: a core computes only when a heavy worker "
                    "runs on it (lab 07, section 1).")
     if heavy > usable:
-        raise Fail(f"oversubscribed: {shape} = {heavy} heavy workers for {usable} usable cores. They take turns on "
+        raise Fail(f"oversubscribed: {shape} = {heavy} heavy workers for {cores}. They take turns on "
                    "the same cores, add context switches and memory, and finish no sooner (lab 07, section 1).")
     if workers > 1 and settings.get("balance", DEFAULT_BALANCE) == "os":
         raise Fail("with several cluster workers, balance='os' lets the kernel give every kept-alive connection "
@@ -540,13 +541,20 @@ async def check_answers(make_app) -> str:
 # stdin, call it there, and send back what it returned, with "max" and -1 resolved on that machine.
 _PINNED = """
 import json, os, pickle, sys
+out, sys.stdout = sys.stdout.buffer, sys.stderr  # what layout() prints must not mix with the answer
 import cloudpickle
 cpus = json.loads(sys.argv[1])
 if cpus and hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, cpus)
-from labkit.cores import resolve_workers, usable_cores
+from labkit.cores import CoreInfo, resolve_workers, usable_cores
 layout = cloudpickle.loads(sys.stdin.buffer.read())
 usable = usable_cores().usable
+# A notebook's own reading of the machine (the exercise's `info = labkit.usable_cores()`) travels
+# with the function as a value; on the smaller machine that notebook would have read this one.
+names = getattr(layout, "__globals__", {})
+for name, value in list(names.items()):
+    if isinstance(value, CoreInfo):
+        names[name] = usable_cores()
 try:
     settings = layout()
 except Exception as exc:
@@ -559,7 +567,7 @@ else:
             pass  # judged, and explained, by the check
     result = {"settings": settings}
 result["usable"] = usable
-sys.stdout.buffer.write(pickle.dumps(result))
+out.write(pickle.dumps(result))
 """
 
 
