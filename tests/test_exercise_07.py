@@ -195,6 +195,47 @@ def test_pure_python_in_threads_fails_the_layout_check_too_however_the_layout_is
     teaches_without_the_answer(str(failed.value))
 
 
+def measured(busy: int, cores: float, gil: bool, delivered: float = 2.0):
+    """A trial as the checks see it: /primes computed in ``busy`` processes using ``cores`` cores."""
+    from types import SimpleNamespace
+
+    from labkit.grading.ex07 import _Phase, _Run
+
+    report = SimpleNamespace(p50_ms=1000.0, ok=10, failed=0, requests=10, errors={})
+    cpu = {pid: cores / busy for pid in range(busy)}
+    phase = _Phase("/primes", report, [0.01] * 50, 1.0, cpu)
+    return _Run(phase, _Phase("/hash", report, [0.01] * 50, 1.0, cpu), delivered, gil)
+
+
+def test_what_counts_as_pure_python_on_every_core_depends_on_the_build():
+    # With a GIL, one process computing is one core, whatever its CPU time says; without one (a
+    # free-threaded build running without its GIL), threads of one process may use every core,
+    # so the CPU the cluster used is the measure.
+    assert not measured(busy=1, cores=2.0, gil=True).primes_spread(2)
+    assert measured(busy=2, cores=0.3, gil=True).primes_spread(2)  # busy machine: the count still shows it
+    assert measured(busy=1, cores=1.9, gil=False).primes_spread(2)
+    assert not measured(busy=1, cores=1.0, gil=False).primes_spread(2)
+
+
+def test_the_check_asks_the_cluster_worker_itself_whether_it_runs_with_a_gil():
+    import json
+    import urllib.request
+
+    from labkit.grading.ex07 import GIL_PATH, _start
+
+    with _start(service(), {"workers": 1, "options": {"pool_workers": 1}}) as cluster:
+        with urllib.request.urlopen(cluster.url + GIL_PATH, timeout=30) as answer:
+            assert json.loads(answer.read()) == {"gil": gil_enabled()}
+
+
+def test_the_gil_message_says_which_build_and_what_was_measured():
+    from labkit.grading.ex07 import _gil_message
+
+    message = teaches_without_the_answer(_gil_message(measured(busy=1, cores=0.98, gil=True), 2))
+    assert "1 process of the cluster computed, for 2 usable cores (the cluster used 0.98 cores)" in message
+    assert "runs with a GIL" in message
+
+
 # ------------------------------------------------------------------------------ hidden checks
 
 

@@ -101,7 +101,7 @@ GIL_PATH = "/labkit-check/gil"
 
 # Seconds of heavy load per phase (one phase per heavy endpoint), and how often /fast is asked
 # meanwhile (each time on a new connection, so that every cluster worker gets asked).
-PHASE_SECONDS = 2.0
+PHASE_SECONDS = 1.5
 PROBE_INTERVAL = 0.02
 
 # Longest any single request may take before the check calls it lost.
