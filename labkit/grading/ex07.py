@@ -77,7 +77,8 @@ from ._settings import settings_from
 from ._values import plain
 from .checks import Fail, register
 
-__all__ = ["PRIMES_N", "HASH_COST", "PASSWORD", "SALT", "BLOCKED_SHARE", "CPU_SHARE", "BUSY_SHARE", "GIL_PATH"]
+__all__ = ["PRIMES_N", "HASH_COST", "PASSWORD", "SALT", "BLOCKED_SHARE", "CPU_SHARE", "BUSY_SHARE", "GIL_PATH",
+           "gil_enabled"]
 
 #: The heavy requests of the load: about half a second of pure Python, and a scrypt hash of
 #: about a fifth of a second (64 MiB each).
