@@ -195,7 +195,7 @@ def test_pure_python_in_threads_fails_the_layout_check_too_however_the_layout_is
     teaches_without_the_answer(str(failed.value))
 
 
-def measured(busy: int, cores: float, gil: bool, delivered: float = 2.0):
+def measured(busy: int, cores: float, gil: bool, delivered: float = 2.0, fast: float = 0.01):
     """A trial as the checks see it: /primes computed in ``busy`` processes using ``cores`` cores."""
     from types import SimpleNamespace
 
@@ -203,7 +203,7 @@ def measured(busy: int, cores: float, gil: bool, delivered: float = 2.0):
 
     report = SimpleNamespace(p50_ms=1000.0, ok=10, failed=0, requests=10, errors={})
     cpu = {pid: cores / busy for pid in range(busy)}
-    phase = _Phase("/primes", report, [0.01] * 50, 1.0, cpu)
+    phase = _Phase("/primes", report, [fast] * 50, 1.0, cpu)
     return _Run(phase, _Phase("/hash", report, [0.01] * 50, 1.0, cpu), delivered, gil)
 
 
@@ -215,6 +215,16 @@ def test_what_counts_as_pure_python_on_every_core_depends_on_the_build():
     assert measured(busy=2, cores=0.3, gil=True).primes_spread(2)  # busy machine: the count still shows it
     assert measured(busy=1, cores=1.9, gil=False).primes_spread(2)
     assert not measured(busy=1, cores=1.0, gil=False).primes_spread(2)
+
+
+def test_a_loop_slowed_by_pure_python_threads_is_told_about_the_gil():
+    from labkit.grading.ex07 import _verdict
+
+    with pytest.raises(Fail) as failed:
+        _verdict(measured(busy=1, cores=1.0, gil=True, fast=0.6), 2, judge_cpu=False)
+    message = teaches_without_the_answer(str(failed.value))
+    assert "the loop is blocked: while /primes requests loaded the app, /fast took up to 600 ms" in message
+    assert "Only 1 process of the cluster computed meanwhile" in message and "hold the GIL the loop needs" in message
 
 
 def test_the_check_asks_the_cluster_worker_itself_whether_it_runs_with_a_gil():

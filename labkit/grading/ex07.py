@@ -413,7 +413,12 @@ def _verdict(run: _Run, usable: int, *, judge_cpu: bool) -> None:
                    + ": every request should get its answer")
     blocked = run.blocked
     if blocked is not None:
-        raise Fail(blocked.blocked_message())
+        gil = ""
+        if blocked is run.primes and run.gil and run.primes.busy < usable:
+            busy = f"{run.primes.busy} process{'es' if run.primes.busy != 1 else ''}"
+            gil = (f" Only {busy} of the cluster computed meanwhile, and {_build(run.gil)}: "
+                   "threads that run pure Python hold the GIL the loop needs too (lab 04).")
+        raise Fail(blocked.blocked_message() + gil)
     if not run.primes_spread(usable):
         raise Fail(_gil_message(run, usable) if run.gil else _cpu_message(run, run.primes))
     if judge_cpu:
