@@ -34,7 +34,9 @@ small fraction of it. A loaded machine slows both alike, so the ratio holds on a
   request can overwrite it fails here).
 - ``ex07.any_machine`` (hidden): the layout, computed again in a process pinned to fewer CPUs
   (:func:`os.sched_setaffinity`), must fit that machine too: a layout fitted to the machine the
-  visible check ran on, rather than computed from the usable cores, fails here.
+  visible check ran on, rather than computed from the usable cores, fails here. Where there is
+  no smaller machine to make (one usable core, or no CPU affinity on this platform), the layout
+  is judged on this machine's shape.
 
 No failure message names the pool kind, the worker count or the balancing mode to write: each
 says what was measured and which idea of the course applies.
@@ -595,9 +597,12 @@ async def _layout_pinned(layout: Callable[[], dict], cpus: set[int] | None) -> d
         data = cloudpickle.dumps(layout)
     except Exception as exc:  # noqa: BLE001 - anything pickling raises, said in the student's terms
         raise Fail(f"layout could not be sent to another process ({type(exc).__name__}: {exc})") from None
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", _PINNED, json.dumps(sorted(cpus or ()))],
-        input=data, capture_output=True, timeout=LAYOUT_TIMEOUT)
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", _PINNED, json.dumps(sorted(cpus or ()))],
+            input=data, capture_output=True, timeout=LAYOUT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise Fail(f"layout() did not return within {LAYOUT_TIMEOUT:.0f} s in a process of its own") from None
     if done.returncode != 0:
         last = (done.stderr.decode(errors="replace").strip().splitlines() or ["(no error output)"])[-1]
         raise Fail(f"layout() failed in a process of its own: {last[:300]}")
