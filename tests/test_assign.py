@@ -135,12 +135,22 @@ def test_the_solution_notebook_is_left_untouched():
 # ----------------------------------------------------------------------------- cells
 
 
-def test_code_outputs_are_cleared_but_check_cells_keep_their_stored_output():
+def test_code_outputs_are_cleared():
     nb = make_exercise(a_solutions_notebook())
     by_id = {cell.id: cell for cell in nb.cells}
     assert by_id["setup"].outputs == [] and by_id["work"].outputs == []
     assert by_id["setup"].execution_count is None and by_id["work"].execution_count is None
-    assert by_id["visible"].outputs == PASSED
+
+
+def test_a_check_cell_shows_not_run_yet_instead_of_the_solutions_result():
+    solution = a_solutions_notebook()
+    visible = next(cell for cell in make_exercise(solution).cells if cell.id == "visible")
+    assert visible.execution_count is None
+    [output] = visible.outputs
+    text = output["data"]["text/plain"]
+    assert text.startswith("◌ ex01.offload not run yet (3 points)") and "passed" not in text
+    assert set(output["data"]) == {"text/plain"}  # no check record: no reader can take it for a verdict
+    assert next(cell for cell in solution.cells if cell.id == "visible").outputs == PASSED  # the solution keeps its own
 
 
 def test_hidden_checks_are_removed_from_the_exercise():

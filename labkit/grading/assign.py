@@ -19,8 +19,11 @@ format):
 
 - each solution region becomes a stub (``# YOUR CODE HERE`` and ``raise NotImplementedError``, or
   ``YOUR ANSWER HERE`` in markdown), and its cell is marked ``{"labkit": {"solution": true}}``;
-- hidden check cells are removed; the other check cells keep their stored outputs (the passing
-  message) and are locked against editing and deletion;
+- hidden check cells are removed; the other check cells are locked against editing and deletion,
+  and their output (the solution's "passed" line) is replaced by a line that says the check has
+  not run yet: a student who has not run it yet must not read the
+  solution's result as their own. Solutions keep their real outputs, which nbval compares;
+  exercises are not replayed by nbval (their stubs raise, by design);
 - every other code cell loses its outputs and execution count; cell ids and order stay as they are.
 """
 
@@ -62,6 +65,9 @@ CODE_STUB = "# YOUR CODE HERE"
 ANSWER_STUB = "YOUR ANSWER HERE"
 #: The NotImplementedError message of a region whose BEGIN line gives no hint.
 DEFAULT_HINT = "write your solution here"
+
+# The mark that starts the line of a check cell not run yet (the pass and fail marks are ✔ and ✘).
+_NOT_RUN_MARK = "◌"
 
 # Exercise files are read by students and committed to git; a temporary file starts as 0600.
 _FILE_MODE = 0o644
@@ -172,6 +178,20 @@ def _replace_regions(text: str, cell_type: str, where: str) -> tuple[str, int]:
     return "".join(out), len(regions)
 
 
+def _not_run_output(part: Part) -> Any:
+    """The output an exercise's check cell shows until the student runs it.
+
+    It names the part and its points and says what running the cell does; it is plain text with
+    no check record (:data:`~labkit.grading.checks.RESULT_MIME`), so no reader can take it for a
+    verdict. It is the same whatever the check measures, so it can never give away the answer.
+    """
+    from nbformat.v4 import new_output
+
+    text = (f"{_NOT_RUN_MARK} {part.id} not run yet ({_plural(part.points, 'point')}): running this cell runs "
+            "your code above for real and measures what it does; your own result will replace this line.")
+    return new_output("display_data", data={"text/plain": text})
+
+
 def _lock(cell: Any) -> None:
     cell.metadata["editable"] = False
     cell.metadata["deletable"] = False
@@ -204,7 +224,8 @@ def make_exercise(nb: Any, *, source: str | os.PathLike[str] | None = None) -> A
                 )
             if checks[index].hidden:
                 continue
-            cell.execution_count = None  # outputs (the passing message) stay for nbval to compare
+            cell.outputs = [_not_run_output(checks[index])]  # never the solution's result
+            cell.execution_count = None
             _lock(cell)
         elif cell.cell_type in ("code", "markdown"):
             cell.source, region_count = _replace_regions(cell.source, cell.cell_type, where)
