@@ -49,7 +49,7 @@ import psutil
 from ._dask_lifeline import PARENT_ENV
 from .errors import ConfigurationError, LabkitError, ServerStartError
 
-__all__ = ["DaskCluster", "DaskWorker", "ClusterClosedError"]
+__all__ = ["DaskCluster", "DaskWorker", "ClusterClosedError", "remove_stale_folders"]
 
 # How long servers get to start. A loaded two-core laptop starts a scheduler in 1-3 s and a
 # worker (nanny, then a spawned worker process) in 2-5 s; a minute leaves room for a busy CI box.
@@ -64,6 +64,10 @@ STOP_GRACE = 5.0
 
 # How many lines of a failed server's log an error quotes.
 LOG_TAIL_LINES = 15
+
+# The cluster's folder in the temporary dir: logs and the workers' scratch space. The pid of the
+# process that started the cluster follows, so a later cluster can clean up after a killed kernel.
+FOLDER_PREFIX = "labkit-dask-"
 
 _INSTALL_HINT = "pip install 'distributed>=2026.1' 'bokeh>=3.1'"
 
@@ -110,6 +114,22 @@ def _tail(path: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:]) or "(the log is empty)"
 
 
+def remove_stale_folders() -> list[Path]:
+    """Delete the folders (logs, scratch space) of clusters whose kernel died without closing them.
+
+    A folder is named after the process that started the cluster (``labkit-dask-<pid>-...``); when
+    that process is gone, its servers are gone too (the lifeline), and nobody will read the logs.
+    Returns the folders removed.
+    """
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        owner = path.name[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{what} must be a whole number of at least 1, got {value!r}")
@@ -137,7 +157,8 @@ class DaskCluster:
             raise ConfigurationError(f"start_timeout must be a positive number of seconds, got {start_timeout!r}")
         self._timeout = float(start_timeout)
         self._dask = _dask_command()
-        self._folder = Path(tempfile.mkdtemp(prefix="labkit-dask-"))
+        remove_stale_folders()
+        self._folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         self._env = {**os.environ, PARENT_ENV: str(os.getpid())}
         self._nannies: list[subprocess.Popen] = []
         self._commands: list[list[str]] = []

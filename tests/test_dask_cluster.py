@@ -17,7 +17,7 @@ import psutil
 import pytest
 from helpers import wait_until
 
-from labkit.dask_cluster import ClusterClosedError, DaskCluster
+from labkit.dask_cluster import ClusterClosedError, DaskCluster, remove_stale_folders
 from labkit.errors import ConfigurationError
 
 pytest.importorskip("distributed")
@@ -129,6 +129,7 @@ KILLED_PARENT = textwrap.dedent("""
     cluster = DaskCluster(2)
     workers = cluster.workers()
     print(json.dumps([cluster.scheduler_pid, *cluster.nanny_pids, *(w.pid for w in workers)]), flush=True)
+    print(cluster._folder, flush=True)
     time.sleep(120)
 """)
 
@@ -136,8 +137,8 @@ KILLED_PARENT = textwrap.dedent("""
 def test_sigkilling_the_process_that_started_the_cluster_leaves_no_server_behind():
     parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE, text=True)
     try:
-        line = parent.stdout.readline()
-        pids = json.loads(line)
+        pids = json.loads(parent.stdout.readline())
+        folder = Path(parent.stdout.readline().strip())
         assert len(pids) == 5 and all(psutil.pid_exists(pid) for pid in pids)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
@@ -151,6 +152,9 @@ def test_sigkilling_the_process_that_started_the_cluster_leaves_no_server_behind
 
     try:
         assert wait_until(all_gone, timeout=20), "servers outlived the process that started them"
+        assert folder.is_dir()  # nobody closed the cluster: its logs are still there
+        assert folder in remove_stale_folders()  # what the next DaskCluster() does first
+        assert not folder.exists()
     finally:
         for pid in pids:  # do not leave them running on this machine when the test fails
             try:
