@@ -24,7 +24,8 @@ What labkit adds, and why:
 - ``--name worker-N``: worker N keeps its name when its nanny restarts it, so ``kill_worker(0)``
   and ``workers()`` mean the same worker before and after a restart.
 - Everything a server prints goes to a log file in the cluster's folder, never to the cell; the
-  last lines are quoted when a server fails to start.
+  last lines are quoted when a server fails to start. Their scratch space goes there too
+  (``DASK_TEMPORARY_DIRECTORY``), and :meth:`DaskCluster.close` removes the folder.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ class DaskCluster:
         self._dask = _dask_command()
         remove_stale_folders()
         self._folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
-        self._env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        # DASK_TEMPORARY_DIRECTORY: the scheduler's and workers' scratch space goes to our folder too.
+        self._env = {**os.environ, PARENT_ENV: str(os.getpid()), "DASK_TEMPORARY_DIRECTORY": str(self._folder)}
         self._nannies: list[subprocess.Popen] = []
         self._commands: list[list[str]] = []
         self._scheduler: subprocess.Popen | None = None
@@ -219,8 +221,7 @@ class DaskCluster:
     def _spawn_worker(self) -> int:
         index = len(self._nannies)
         argv = [*self._dask, "worker", self.address, "--nthreads", str(self._threads), "--name", f"worker-{index}",
-                "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
-                "--local-directory", str(self._folder / f"worker-{index}"), "--preload-nanny", "labkit._dask_lifeline"]
+                "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0", "--preload-nanny", "labkit._dask_lifeline"]
         self._nannies.append(self._popen(argv, f"worker-{index}.log"))
         return index
 
