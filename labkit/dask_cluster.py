@@ -352,11 +352,23 @@ class DaskCluster:
             with contextlib.suppress(Exception):  # a client of a dying cluster may complain: nothing to save
                 self._client.close(timeout=2)
             self._client = None
-        servers = [*self._nannies, *([self._scheduler] if self._scheduler is not None else [])]
         family: list[psutil.Process] = []
-        for popen in servers:
+        for popen in [*self._nannies, *([self._scheduler] if self._scheduler is not None else [])]:
             with contextlib.suppress(psutil.Error):
                 family.extend(psutil.Process(popen.pid).children(recursive=True))
+        # Workers first, while the scheduler can still take their goodbyes; then the scheduler.
+        self._stop(self._nannies)
+        self._stop([self._scheduler] if self._scheduler is not None else [])
+        for proc in family:  # a worker process whose nanny was killed before it could stop it
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(family, timeout=STOP_GRACE)
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    @staticmethod
+    def _stop(servers: list[subprocess.Popen]) -> None:
+        """SIGTERM ``servers`` at once, wait up to :data:`STOP_GRACE` for them all, SIGKILL the rest."""
+        for popen in servers:
             with contextlib.suppress(OSError):
                 popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
@@ -366,11 +378,6 @@ class DaskCluster:
             except subprocess.TimeoutExpired:
                 popen.kill()
                 popen.wait()
-        for proc in family:  # a worker process whose nanny was killed before it could stop it
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(family, timeout=STOP_GRACE)
-        shutil.rmtree(self._folder, ignore_errors=True)
 
     def _check_open(self) -> None:
         if self._closed:
