@@ -16,12 +16,24 @@ Context switches come from psutil: *voluntary* ones (a worker gave up the CPU: i
 task, a lock, I/O) and *involuntary* ones (the scheduler took the CPU away because another runnable
 process wanted it). With more busy workers than cores, involuntary switches climb: that is the
 cost the rule of thumb warns about.
+
+Any ``concurrent.futures.Executor`` can stand in for the WorkerPool: pass ``executor=`` either an
+executor (one point, at its own size; the caller keeps it) or a factory ``executor(n)`` that
+returns an executor, or a context manager that yields one, for each worker count (closed after its
+point). Dask's ``client.get_executor(pure=False)`` is one: ``pure=False`` matters, because a pure
+Dask executor computes identical calls once, and a batch of identical calls would measure nothing;
+the sweep refuses such a batch. Without a pool to ask, the CPU time and context switches of an
+executor's point are those of this process and every process it started (a local Dask cluster's
+scheduler and workers, a process pool's workers), and task times come from a timer around each call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +44,10 @@ from .errors import ConfigurationError
 
 #: The kinds of :class:`~labkit.pool.WorkerPool` a sweep can run on.
 PoolKind = Literal["process", "thread", "interpreter"]
+
+#: What ``sweep(executor=...)`` accepts: an executor, or a factory called with each worker count that
+#: returns an executor or a context manager yielding one.
+ExecutorSource = Executor | Callable[[int], Any]
 
 __all__ = ["SweepPoint", "SweepResult", "sweep", "speedup", "default_worker_counts", "Verdict", "judge_speedup"]
 
@@ -193,6 +209,7 @@ def sweep(
     tasks: int = 16,
     workers: Sequence[int] | None = None,
     kind: PoolKind = "process",
+    executor: ExecutorSource | None = None,
     repeats: int = DEFAULT_REPEATS,
     label: str | None = None,
     progress: bool = False,
@@ -203,11 +220,22 @@ def sweep(
     :class:`~labkit.pool.WorkerPool` kind. Each point is repeated ``repeats`` times and the median
     run kept. ``progress=True`` shows a tqdm bar (a widget in a notebook, text on stderr elsewhere).
     The machine's delivered parallelism is measured first and stored with the result, to judge it by.
+
+    ``executor`` replaces the WorkerPool (and ``kind``): an executor measured at its own size (say
+    ``client.get_executor(pure=False)``; ``workers=[n]`` names its size when labkit cannot tell), or
+    a factory ``executor(n)`` run for each count in ``workers``, whose executor (or context manager)
+    is closed after its point.
     """
     if tasks < 1 or repeats < 1:
         raise ConfigurationError("tasks and repeats must be at least 1")
-    counts = list(workers) if workers is not None else default_worker_counts()
-    if not counts or any(not isinstance(n, int) or n < 1 for n in counts):
+    if executor is not None and isinstance(executor, Executor):
+        counts = _executor_counts(executor, workers)
+    else:
+        if executor is not None and not callable(executor):
+            raise ConfigurationError(f"executor must be a concurrent.futures.Executor or a function of the worker "
+                                     f"count that returns one, got {executor!r}")
+        counts = list(workers) if workers is not None else default_worker_counts()
+    if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
         raise ConfigurationError(f"workers must be positive integers, got {counts!r}")
     cores = usable_cores().usable
     delivered = measure_parallelism(cores).delivered
@@ -215,16 +243,125 @@ def sweep(
 
     bar = make_progress(len(counts), "sweep") if progress else None
     points = []
+    shown_kind: str = kind
     try:
         for n in counts:
-            points.append(_run_point(function, tuple(args), tasks, n, kind, repeats))
+            if executor is None:
+                points.append(_run_point(function, tuple(args), tasks, n, kind, repeats))
+            elif isinstance(executor, Executor):
+                shown_kind = type(executor).__name__
+                points.append(_run_executor_point(executor, function, tuple(args), tasks, n, repeats))
+            else:
+                with _entered(executor(n), n) as made:
+                    shown_kind = type(made).__name__
+                    points.append(_run_executor_point(made, function, tuple(args), tasks, n, repeats))
             if bar is not None:
                 bar.advance()
     finally:
         if bar is not None:
             bar.close(ok=len(points) == len(counts))
     name = str(label or getattr(function, "__name__", "task"))
-    return SweepResult(label=name, kind=kind, tasks=tasks, points=tuple(points), usable=cores, delivered=delivered)
+    return SweepResult(label=name, kind=shown_kind, tasks=tasks, points=tuple(points), usable=cores,
+                       delivered=delivered)
+
+
+def _executor_counts(executor: Executor, workers: Sequence[int] | None) -> list[int]:
+    """The one worker count an executor instance is measured at: the caller's, else its own size."""
+    if workers is not None:
+        counts = list(workers)
+        if len(counts) != 1:
+            raise ConfigurationError(f"an executor has one size, so workers= takes one count, got {counts!r}; "
+                                     f"to measure several sizes, pass a function that builds an executor of n workers")
+        return counts
+    size = _executor_size(executor)
+    if size is None:
+        raise ConfigurationError(f"labkit cannot tell how many workers this {type(executor).__name__} has; "
+                                 f"say so with workers=[n]")
+    return [size]
+
+
+def _executor_size(executor: Executor) -> int | None:
+    size = getattr(executor, "workers", None)  # labkit's WorkerPool
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    size = getattr(executor, "_max_workers", None)  # the standard library's pools
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    client = getattr(executor, "_client", None)  # Dask's ClientExecutor: the threads of its cluster
+    if client is not None and hasattr(client, "nthreads"):
+        with contextlib.suppress(Exception):  # a client that cannot answer: the caller says the size
+            return int(sum(client.nthreads().values())) or None
+    return None
+
+
+@contextlib.contextmanager
+def _entered(made: Any, workers: int):
+    """Enter what a factory returned: an executor is its own context manager (shut down on exit)."""
+    if not hasattr(made, "__enter__"):
+        raise ConfigurationError(f"the executor factory returned {made!r} for {workers} workers; it must return a "
+                                 f"concurrent.futures.Executor or a context manager that yields one")
+    with made as executor:
+        if not isinstance(executor, Executor):
+            raise ConfigurationError(f"the executor factory's context manager yielded {executor!r}, not a "
+                                     f"concurrent.futures.Executor")
+        yield executor
+
+
+def _timed_call(function: Callable[..., Any], *args: Any) -> tuple[float, bytes]:
+    """Run ``function(*args)`` wherever the executor runs it; return how long it took and a fresh token.
+
+    The token is random per run, so the caller can tell calls that really ran from calls an executor
+    answered from an earlier, identical one.
+    """
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start, os.urandom(8)
+
+
+def _our_processes() -> list[psutil.Process]:
+    me = psutil.Process()
+    try:
+        return [me, *me.children(recursive=True)]
+    except psutil.Error:
+        return [me]
+
+
+def _check_distinct(answers: list[tuple[float, bytes]], executor: Executor) -> None:
+    """Refuse a batch the executor collapsed: identical calls answered by fewer runs than calls."""
+    runs = len({token for _, token in answers})
+    if runs < len(answers):
+        raise ConfigurationError(
+            f"{type(executor).__name__} answered {len(answers)} identical calls with {runs} run(s): it treats the "
+            f"function as pure and computes each distinct call once, so the batch would measure nothing. With Dask, "
+            f"use client.get_executor(pure=False)")
+
+
+def _run_executor_point(executor: Executor, function, args, tasks: int, workers: int, repeats: int) -> SweepPoint:
+    for warm in [executor.submit(_noop_many, i) for i in range(workers)]:
+        warm.result()  # every worker has imported what a task needs before the clock starts
+    processes = _our_processes()
+    runs, task_times = [], []
+    for _ in range(repeats):
+        before = _account(processes)
+        start = time.perf_counter()
+        futures = [executor.submit(_timed_call, function, *args) for _ in range(tasks)]
+        answers = [future.result() for future in futures]
+        seconds = time.perf_counter() - start
+        _check_distinct(answers, executor)
+        times = [took for took, _ in answers]
+        after = _account(processes)
+        runs.append((seconds, *(a - b for a, b in zip(after, before))))
+        task_times.extend(times)
+    median_run = sorted(runs)[len(runs) // 2]
+    seconds, cpu, voluntary, involuntary = median_run
+    task_times.sort()
+    return SweepPoint(
+        workers=workers, seconds=seconds, throughput=tasks / seconds, cpu_seconds=cpu,
+        voluntary_switches=int(voluntary), involuntary_switches=int(involuntary),
+        task_p50_ms=1e3 * task_times[len(task_times) // 2],
+        task_p99_ms=1e3 * task_times[min(len(task_times) - 1, int(0.99 * len(task_times)))],
+        runs=tuple(r[0] for r in runs),
+    )
 
 
 def speedup(result: SweepResult) -> dict[int, float]:

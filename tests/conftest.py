@@ -200,6 +200,8 @@ SLOW_TEST_FILES = (
     "test_sandbox.py",           # kernels in bubblewrap sandboxes
     "test_external_clients.py",  # wrk and hey, from Debian's packages
     "*contract*",                # the contract suite
+    "test_dask_cluster.py",      # real Dask schedulers and workers
+    "test_lab08_*.py",           # lab 08's pieces, on real Dask clusters
 )
 TESTS_DIR = Path(__file__).resolve().parent
 

@@ -16,7 +16,9 @@ from importlib import metadata
 
 from ..cores import measure_parallelism, usable_cores
 
-PACKAGES = ("jupyterlab", "ipywidgets", "ipykernel", "tornado", "numpy", "psutil", "cryptography")
+# distributed runs lab 08's Dask cluster; bokeh draws that cluster's dashboard.
+PACKAGES = ("jupyterlab", "ipywidgets", "ipykernel", "tornado", "numpy", "psutil", "cryptography",
+            "distributed", "bokeh")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
