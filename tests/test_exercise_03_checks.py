@@ -100,6 +100,13 @@ def render_known_corrupt_as_none(docs, render=render_document):
         return {doc: None if is_corrupt(doc) or isinstance(r, Exception) else r for doc, r in zip(docs, results)}
 
 
+def render_again_at_home(docs, render=render_document):
+    """Try each document in a pool, then render the ones that survived here, in this process."""
+    with WorkerPool("process", workers=2, timeout=3) as pool:
+        tried = list(pool.map(render, docs, return_exceptions=True))
+    return {doc: None if isinstance(result, Exception) else render(doc) for doc, result in zip(docs, tried)}
+
+
 def test_the_checks_renderer_signs_pages_with_its_pid_and_fails_where_it_chooses():
     renderer, docs = VISIBLE
     assert renderer(3) == f"{page(3)}<!-- pid {os.getpid()} -->"
@@ -131,3 +138,8 @@ def test_a_batch_that_trusts_is_corrupt_gets_a_good_multiple_of_13_wrong():
     line = run_check("ex03.isolate_render", render_known_corrupt_as_none)
     assert "returned None for documents [13]" in line
 
+
+
+def test_pages_rendered_in_the_batchs_own_process_are_noticed_by_their_signature():
+    line = run_check("ex03.isolate_render", render_again_at_home)
+    assert "rendered documents [3, 13, 21] in render_batch's own process" in line

@@ -8,8 +8,9 @@ a decision the supervisor logged, not on how fast this machine happens to be.
 
   1. *Isolation, as on a one-CPU machine.* The student's ``service_settings()`` is called, and
      the cluster's worker count resolved, with this process pinned to one CPU (as ``ex06`` pins
-     it), so ``"max"`` means what it means on a single core. That cluster serves ``/fast`` on a
-     new connection every 20 ms while a request for the corrupt document crashes a worker, twice.
+     it), so ``"max"`` means what it means on a single core (where a process cannot be pinned, as
+     on macOS, the count is this machine's). That cluster serves ``/fast`` on a new connection
+     every 20 ms while a request for the corrupt document crashes a worker, twice.
      Each time, some request sent while the crashed worker was being replaced must be answered by
      *another* worker (told by the ``X-Worker-Pid`` header), and the slot must serve again within
      :data:`BACK_WITHIN` seconds. Who answered is a fact, not a timing.
@@ -520,6 +521,8 @@ async def _judge_batch(render_batch, renderer: Renderer, docs: list[int]) -> Non
             hint = " One document crashed its renderer; that should cost that one document, not the batch."
         elif "Timeout" in value:
             hint = " One document never finished; that should cost that one document, not the batch."
+        elif value.startswith("TypeError") and "positional argument" in value:
+            hint = " The check calls render_batch(docs, render): take the renderer as the second parameter."
         raise Fail(f"{call} raised {value.rstrip('.')}.{hint}")
     own_pid, value = value
     value = plain_dict(value, "render_batch", shape="{document: html or None}")
