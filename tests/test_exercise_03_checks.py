@@ -11,6 +11,7 @@ import sys
 
 import cloudpickle
 import pytest
+from test_exercise_03 import assert_no_answer_given
 
 from labkit.demo.faulty import is_corrupt, render_document
 from labkit.grading.checks import CheckFailed, check
@@ -31,11 +32,15 @@ def resource_tracker_started_up_front():
 
 
 def run_check(part: str, *args) -> str:
-    """Run a self-check outside a kernel: the verdict line it printed, passed or not."""
+    """Run a self-check outside a kernel: the verdict line it printed, passed or not.
+
+    A failure's line must not give away a value the solution writes (see test_exercise_03.py).
+    """
     async def main():
         try:
             await check(part, *args)
         except CheckFailed as failed:
+            assert_no_answer_given(failed.result.message)
             return failed.result.line()
         return "passed"
 
