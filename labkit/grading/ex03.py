@@ -471,16 +471,31 @@ async def _run_in_sandbox(function: Callable, *args) -> tuple[int | None, tuple 
 
 
 def _kill_tree(pid: int) -> None:
-    """Kill the sandbox and everything it started (its pool's workers, a stuck renderer)."""
+    """Kill the sandbox and what it started (its pool's workers, a stuck renderer), and let it tidy up.
+
+    multiprocessing's resource tracker is spared: once the sandbox is gone it unlinks the named
+    semaphores the sandbox's pool made, then exits by itself. Killed with the rest, it would leave
+    them in /dev/shm for good.
+    """
     try:
         parent = psutil.Process(pid)
         family = parent.children(recursive=True) + [parent]
     except psutil.Error:
         return
+    trackers: list[psutil.Process] = []
+    others: list[psutil.Process] = []
     for process in family:
         with contextlib.suppress(psutil.Error):
+            tracker = "resource_tracker" in " ".join(process.cmdline())
+            (trackers if tracker else others).append(process)
+    for process in others:
+        with contextlib.suppress(psutil.Error):
             process.kill()
-    psutil.wait_procs(family, timeout=5)
+    psutil.wait_procs(others, timeout=5)
+    _, left = psutil.wait_procs(trackers, timeout=5)
+    for process in left:  # it should have exited with its parent; do not leave it running
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def _death(status: int) -> str:
