@@ -13,9 +13,10 @@ import cloudpickle
 import pytest
 from test_exercise_03 import assert_no_answer_given
 
+from labkit.cluster import ClusterSettings
 from labkit.demo.faulty import is_corrupt, render_document
 from labkit.grading.checks import CheckFailed, check
-from labkit.grading.ex03 import VISIBLE, page
+from labkit.grading.ex03 import HIDDEN_LIFETIME, LIFETIME, LONGEST_WAIT, VISIBLE, _project, page
 from labkit.pool import WorkerPool
 
 # The render checks run a function in a fresh interpreter, where this test module is not
@@ -66,6 +67,23 @@ def test_a_backoff_that_grows_too_slowly_to_show_in_six_crashes_fails_the_hidden
     assert run_check("ex03.survive_crashes", lambda: slow_growth) == "passed"  # 0.1 s x 1.3**5 = 0.37 s
     line = run_check("ex03.faster_crashes", lambda: slow_growth)
     assert "each crash made the next wait longer" in line and "killed once it had served for 1.2 s" in line
+
+
+@pytest.mark.parametrize("settings, lifetime, verdict", [
+    ({}, LIFETIME, "waits"),  # labkit's defaults: the backoff never resets for a 2 s life
+    ({"stable_uptime": 1.0}, LIFETIME, None),
+    ({"stable_uptime": 1.0}, HIDDEN_LIFETIME, None),
+    ({"backoff_factor": 1}, HIDDEN_LIFETIME, None),
+    ({"min_uptime": 3, "max_restarts": 3}, LIFETIME, "gives up"),  # lab 03, section 2
+    ({"backoff_factor": 1.3}, LIFETIME, None),
+    ({"backoff_factor": 1.3}, HIDDEN_LIFETIME, "waits"),
+])
+def test_a_round_too_slow_to_finish_is_judged_by_the_supervisors_own_rule(settings, lifetime, verdict):
+    crashes = 6 if lifetime == LIFETIME else 12
+    projected = _project(ClusterSettings(**settings).policy, lifetime, crashes)
+    found = ("gives up" if projected.gave_up else
+             "waits" if any(wait > LONGEST_WAIT for *_, wait in projected.waits) else None)
+    assert found == verdict
 
 
 # ------------------------------------------------------------------------ part 2: the batch
