@@ -13,7 +13,6 @@ import subprocess
 import sys
 import urllib.request
 
-import cloudpickle
 import pytest
 from helpers import wait_until_async
 
@@ -27,11 +26,6 @@ from labkit.pool import WorkerCrashedError, WorkerPool
 from labkit.widgets import ClusterMonitor
 
 DEMO = "labkit.demo:demo_app"
-
-# The render check runs a function in a fresh interpreter, where this test module is not
-# importable: send its functions by value, as a notebook's are.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
 
 @pytest.fixture(scope="module", autouse=True)
 def resource_tracker_started_up_front():
@@ -186,43 +180,3 @@ def test_the_io_service_check_passes_one_worker_and_fails_three():
     assert run_check("ex02.io_service", lambda: {"workers": 1}) == "passed"
     line = run_check("ex02.io_service", lambda: {"workers": 3})
     assert "one worker already answers" in line and "cost memory" in line
-
-
-def test_the_crash_check_passes_two_workers_and_fails_one():
-    assert run_check("ex03.survive_crashes", lambda: {"workers": 2}) == "passed"
-    line = run_check("ex03.survive_crashes", lambda: {"workers": 1})
-    assert "no other worker answered" in line and "run at least two" in line
-
-
-def render_in_processes(docs):
-    rendered = {}
-    with WorkerPool("process", workers=2) as pool:
-        futures = {doc: pool.submit(render_document, doc) for doc in docs}
-        for doc, future in futures.items():
-            try:
-                rendered[doc] = future.result()
-            except WorkerCrashedError:
-                rendered[doc] = None
-    return rendered
-
-
-def render_in_threads(docs):
-    with WorkerPool("thread", workers=2) as pool:
-        return dict(zip(docs, pool.map(render_document, docs)))
-
-
-def render_without_catching(docs):
-    with WorkerPool("process", workers=2) as pool:
-        return dict(zip(docs, pool.map(render_document, docs)))
-
-
-def test_the_render_check_passes_a_process_pool_and_fails_threads_without_losing_this_process():
-    assert run_check("ex03.isolate_render", render_in_processes) == "passed"
-    assert run_check("ex03.many_crashes", render_in_processes) == "passed"
-    line = run_check("ex03.isolate_render", render_in_threads)
-    assert "took its whole process down" in line and "SIGSEGV" in line
-
-
-def test_the_render_check_tells_a_pool_that_lets_the_crash_through_to_catch_it():
-    line = run_check("ex03.isolate_render", render_without_catching)
-    assert "raised WorkerCrashedError" in line and "Catch WorkerCrashedError" in line
