@@ -190,7 +190,7 @@ async def check_hash_batch(hash_all, cost: int = 14) -> str:
     if not isinstance(result, list) or len(result) != len(passwords):
         shown = f"{len(result)} items" if isinstance(result, list) else type(result).__name__
         raise Fail(f"hash_all returned {shown} for {len(passwords)} passwords: return a list with one hash "
-                   "per password (list(pool.map(hash_one, passwords)))")
+                   "per password, in the order of the passwords")
     if run.expected != result:
         wrong = next(i for i, (a, b) in enumerate(zip(result, run.expected)) if a != b)
         raise Fail(f"hash_all's hash number {wrong} is not the hash of password {wrong} ({passwords[wrong]!r}): "

@@ -8,23 +8,36 @@ way between processes. That makes "attached rather than copied" a measurement: a
 carries the image weighs megabytes, a task that carries a :class:`~labkit.shm.SharedArray`
 weighs about a hundred bytes (it pickles as its handle).
 
+The meter also reads the CPU time each task spent in its worker, which makes "each worker blurs
+its own band" a measurement too. All the tasks of one call together should do about the work of
+one serial blur (plus a few halo rows per band); workers that each blur the whole image do it once
+per task. The serial blur is timed in the same workers, after a warm-up run there (a fresh
+process pays page faults on blur's temporaries the first time), so both sides of the comparison
+pay the same costs, and CPU time does not grow when the machine is busy the way wall time does.
+
 The test images hold whole numbers (an 8-bit photo, 0 to 255), so every sum the box blur makes is
 exact in floating point, and a correct banded blur equals the serial one bit for bit.
 
 - ``ex05.exact``: the output equals the serial blur exactly, on an image whose height does not
   divide evenly between the workers.
-- ``ex05.shared``: the work went through the pool, in at least one task per worker, and the image
-  and the result crossed between processes as handles, not as copies.
+- ``ex05.shared``: the work went through the pool, in at least one task per worker; the image
+  and the result crossed between processes as handles, not as copies; and the tasks together did
+  about one blur's work (at most :data:`MAX_WORK` times a serial blur's CPU time), not one blur
+  per task.
 - ``ex05.tidy``: no shared-memory segment of this process is left once ``parallel_blur`` returns.
-- ``ex05.any_size`` (hidden): tiny images (fewer rows than workers) and radius 0 are right too.
+- ``ex05.any_size`` (hidden): tiny images (fewer rows than workers), a radius wider than a band and
+  radius 0 are right too, on a pool of :data:`HIDDEN_WORKERS` workers, which a solution fitted to
+  the visible checks' three workers does not expect: a mid-sized image must still reach every one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -38,21 +51,38 @@ from labkit.workloads import blur, make_image
 
 from .checks import Fail, register
 
-__all__ = ["MeteredPool", "photo", "CHECK_WORKERS", "COPY_SHARE"]
+__all__ = ["MeteredPool", "photo", "CHECK_WORKERS", "COPY_SHARE", "HIDDEN_WORKERS", "MAX_WORK"]
 
 #: Workers of the pool the checks lend to ``parallel_blur``. Three, whatever the machine: these
 #: checks judge correctness and traffic, not speed, and three bands give two seams to get right.
 CHECK_WORKERS = 3
+
+#: Workers of the pool the hidden check lends: not three, so that bands counted for three workers show.
+HIDDEN_WORKERS = 4
 
 #: Tasks (and results) together may pickle to at most this share of the image's bytes. A task
 #: with handles pickles to a few kilobytes (the function travels by value); a copy of the image
 #: is 100% of it.
 COPY_SHARE = 0.01
 
+#: The tasks of one call may spend at most this many times the CPU time of one serial blur of the
+#: image. A banded blur spends about 1.0 (the halo adds 2 * radius rows per band: 2% for three
+#: bands at radius 4, 20% for 24 bands); blurring the whole image in every task spends one blur per
+#: task, 3.0 or more with the three workers. Halfway leaves room for CPU-time noise either way. Seen
+#: on a busy 2-core machine (load 6 to 12): 0.9 to 1.2 for three and for 24 bands, 3.8 to 4.1 for
+#: three tasks that each blurred the whole image. (A band's blur can cost less than its share of
+#: a whole one: its temporaries are smaller, so they fault fewer pages and fit the caches better.)
+MAX_WORK = 2.0
+
+# How many serial blurs to time in the workers, after one warm-up blur per worker; the median counts.
+_REFERENCE_RUNS = 2 * CHECK_WORKERS
+
 # The check image: a height that no small worker count divides, and a width that is not square.
 _HEIGHT, _WIDTH = 1021, 768
-# The hidden check's images: fewer rows than workers, a radius wider than a band, radius 0.
+# The hidden check's images: fewer rows than workers, a radius wider than a band, radius 0, and one
+# mid-sized image with rows enough for every worker (its tasks are counted).
 _SMALL_CASES = ((2, 9, 3), (5, 7, 3), (64, 48, 0), (31, 16, 12))
+_MID_CASE = (203, 64, 5)
 
 
 def photo(height: int = _HEIGHT, width: int = _WIDTH, seed: int = 5) -> Any:
@@ -68,8 +98,9 @@ class MeteredPool:
     It offers what ``parallel_blur`` needs from a :class:`~labkit.pool.WorkerPool`: ``workers``,
     ``kind``, ``submit`` and ``map``. Each task is pickled once more here, exactly as the pool
     pickles it (cloudpickle of function, arguments and keyword arguments), to weigh it; each
-    result is weighed the same way when it arrives. The check owns the pool: ``shutdown`` and
-    ``with`` do not stop it.
+    result is weighed the same way when it arrives. Each task runs inside :func:`_metered_call`,
+    which also reports the CPU seconds it spent in its worker (``task_cpu``). The check owns the
+    pool: ``shutdown`` and ``with`` do not stop it.
     """
 
     def __init__(self, pool: WorkerPool) -> None:
@@ -78,6 +109,7 @@ class MeteredPool:
         self.tasks = 0
         self.sent_bytes = 0
         self.returned_bytes = 0
+        self.task_cpu: list[float] = []
         self.futures: list[Future] = []
 
     @property
@@ -96,10 +128,12 @@ class MeteredPool:
         with self._lock:
             self.tasks += 1
             self.sent_bytes += size
-        future = self._pool.submit(fn, *args, **kwargs)
-        future.add_done_callback(self._weigh_result)
-        self.futures.append(future)
-        return future
+        inner = self._pool.submit(_metered_call, fn, args, kwargs)
+        self.futures.append(inner)
+        outer: Future = Future()
+        outer.add_done_callback(lambda done: inner.cancel() if done.cancelled() else None)
+        inner.add_done_callback(lambda done: self._relay(done, outer))
+        return outer
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, progress: bool = False, **_: Any) -> Iterator[Any]:
@@ -107,12 +141,29 @@ class MeteredPool:
         futures = [self.submit(fn, *args) for args in zip(*iterables)]
         return (future.result(timeout) for future in futures)
 
-    def _weigh_result(self, future: Future) -> None:
-        if future.cancelled() or future.exception() is not None:
+    @property
+    def work(self) -> float:
+        """CPU seconds the finished tasks spent in their workers, all together."""
+        with self._lock:
+            return sum(self.task_cpu)
+
+    def _relay(self, inner: Future, outer: Future) -> None:
+        """Hand the task's own result (or error) to the student's future; keep its weight and CPU time."""
+        if inner.cancelled():
+            outer.cancel()
             return
-        size = len(cloudpickle.dumps(future.result()))
+        if not outer.set_running_or_notify_cancel():
+            return  # the student cancelled it while it ran
+        error = inner.exception()
+        if error is not None:
+            outer.set_exception(error)
+            return
+        result, cpu = inner.result()
+        size = len(cloudpickle.dumps(result))
         with self._lock:
             self.returned_bytes += size
+            self.task_cpu.append(cpu)
+        outer.set_result(result)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Does nothing: the check that lent this pool stops it."""
@@ -127,6 +178,20 @@ class MeteredPool:
         return f"<MeteredPool of {self._pool!r}: {self.tasks} tasks>"
 
 
+def _metered_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, float]:
+    """In a worker: run one task; return its result and the CPU seconds this process spent on it."""
+    start = time.process_time()
+    result = fn(*args, **kwargs)
+    return result, time.process_time() - start
+
+
+def _serial_blur_cpu(image: Any, radius: int) -> float:
+    """In a worker: the CPU seconds one serial blur of the whole image takes there."""
+    start = time.process_time()
+    blur(image, radius)
+    return time.process_time() - start
+
+
 def _my_segments() -> set[str]:
     """Names of this process's labkit segments in /dev/shm (empty where there is no /dev/shm)."""
     if not sys.platform.startswith("linux") or not SHM_DIR.is_dir():
@@ -135,30 +200,69 @@ def _my_segments() -> set[str]:
     return {p.name for p in Path(SHM_DIR).iterdir() if p.name.startswith(prefix)}
 
 
-async def _run(parallel_blur, cases: list[tuple[Any, int]]) -> list[tuple[Any, MeteredPool, set[str]]]:
+async def _run(parallel_blur, cases: list[tuple[Any, int]], reference: tuple[Any, int] | None = None,
+               workers: int = CHECK_WORKERS) -> tuple[list[tuple[Any, MeteredPool, set[str]]], float]:
     """Call ``parallel_blur(image, radius, pool)`` for each case, lending it one metered pool.
 
     Waits for every task a call started (even those it never waited for), then stops the pool.
-    Returns, per case, the output, that call's meter, and the segments of this process it left.
+    Returns, per case, the output, that call's meter, and the segments of this process it left;
+    and, when ``reference`` (an image and a radius) is given, the CPU seconds a serial blur of it
+    takes in the same workers (else 0.0): one warm-up blur per worker before the cases, and the
+    median of several after them. The pool has ``workers`` workers.
     """
     if not callable(parallel_blur):
         raise Fail(f"pass your parallel_blur function itself to the check, not {type(parallel_blur).__name__}")
-    pool = WorkerPool("process", CHECK_WORKERS)
+    pool = WorkerPool("process", workers)
     runs = []
+    serial_cpu = 0.0
     try:
+        if reference is not None:
+            await _serial_cpu(pool, reference, workers)  # warm-up: page faults, imports
         for image, radius in cases:
             before = _my_segments()
             metered = MeteredPool(pool)
-            output = await asyncio.to_thread(parallel_blur, image, radius, metered)
-            for future in metered.futures:
-                try:
-                    await asyncio.wrap_future(future)
-                except Exception:  # noqa: BLE001 - the student's error; the verdict reports its effect
-                    pass
+            try:
+                output = await asyncio.to_thread(parallel_blur, image, radius, metered)
+            except (Fail, NotImplementedError):
+                raise
+            except Exception as exc:  # the student's code crashed: say on which image, and why
+                raise Fail(_crash_message(exc, image, radius)) from exc
+            finally:
+                for future in metered.futures:
+                    try:
+                        await asyncio.wrap_future(future)
+                    except Exception:  # noqa: BLE001 - the student's error; the verdict reports its effect
+                        pass
             runs.append((output, metered, _my_segments() - before))
+        if reference is not None:
+            serial_cpu = statistics.median(await _serial_cpu(pool, reference, _REFERENCE_RUNS))
     finally:
         await asyncio.to_thread(pool.shutdown)
-    return runs
+    return runs, serial_cpu
+
+
+async def _serial_cpu(pool: WorkerPool, reference: tuple[Any, int], runs: int) -> list[float]:
+    """Blur the reference image serially ``runs`` times in the pool's workers; their CPU seconds."""
+    image, radius = reference
+    futures = [pool.submit(_serial_blur_cpu, image, radius) for _ in range(runs)]
+    return [await asyncio.wrap_future(future) for future in futures]
+
+
+def _crash_message(exc: BaseException, image: Any, radius: int) -> str:
+    """What a crash in ``parallel_blur`` means, with the image it happened on."""
+    height, width = image.shape
+    text = str(exc)
+    said = f"for a {height}x{width} image and radius {radius}, parallel_blur raised {type(exc).__name__}: {text}"
+    if "empty axis" in text:
+        return (f"{said}. blur was handed a slice with no rows. Either a band is empty (more bands than "
+                "rows, or two equal bounds), and there is nothing to blur in it; or a slice starts "
+                "below zero: at the top of the image, start - radius is negative, and a negative index "
+                "counts from the bottom.")
+    if "broadcast" in text:
+        return (f"{said}. A band's blurred rows did not fit the rows it writes into the output: the slice "
+                "of dst you write and the rows you keep from the blurred slice must be the same rows, "
+                "at the top and bottom of the image too, where the halo is cut short.")
+    return f"{said}."
 
 
 def _compare(output, expected, radius: int) -> str | None:
@@ -166,7 +270,8 @@ def _compare(output, expected, radius: int) -> str | None:
     import numpy as np
 
     if output is None:
-        return "parallel_blur returned None: return the blurred image (a copy of the shared output: dst.array.copy())"
+        return ("parallel_blur returned None: return the blurred image, as a copy of the shared output "
+                "(a view of it would point into a segment that is gone once parallel_blur returns)")
     if not issubclass(type(output), np.ndarray):
         return f"parallel_blur returned a {type(output).__name__}, not a numpy array"
     output = np.ndarray.view(output, np.ndarray)  # the data alone: a subclass's methods never judge it
@@ -181,8 +286,10 @@ def _compare(output, expected, radius: int) -> str | None:
                 "no task wrote them. Do the bands cover every row, from 0 to the image's height? "
                 "Did every task finish before you copied the result (list(pool.map(...)))?")
     if len(bad_rows) == len(expected):
-        return ("every row differs from labkit.blur(image, radius): blur with labkit.blur and the same radius, "
-                "and write each worker's rows to the same rows of the output")
+        return ("every row differs from labkit.blur(image, radius). Blur with labkit.blur and the same radius, "
+                "and write each worker's rows to the same rows of the output. And when a band is no taller "
+                f"than the radius ({radius} here), all its rows are near its edges: each needs rows from the "
+                "neighbouring bands, up to `radius` rows above and below (the halo).")
     return (f"{len(bad_rows)} of {len(expected)} rows differ from the serial blur, the first at row "
             f"{bad_rows[0]}: these are rows near the edges of your bands. A pixel's blur reads {radius} rows "
             "above and below it, so blur a slice that reaches `radius` rows into the neighbouring bands "
@@ -193,7 +300,7 @@ def _compare(output, expected, radius: int) -> str | None:
 async def check_exact(parallel_blur, radius: int = 4) -> str:
     """parallel_blur(image, radius, pool) equals blur(image, radius) exactly."""
     image = photo()
-    [(output, _, _)] = await _run(parallel_blur, [(image.copy(), radius)])
+    [(output, _, _)], _ = await _run(parallel_blur, [(image.copy(), radius)])
     problem = _compare(output, blur(image, radius), radius)
     if problem:
         raise Fail(problem)
@@ -202,9 +309,11 @@ async def check_exact(parallel_blur, radius: int = 4) -> str:
 
 @register("ex05.shared")
 async def check_shared(parallel_blur, radius: int = 4) -> str:
-    """The work went through the pool, and the image travelled as a handle, not as a copy."""
+    """The work went through the pool, the image travelled as a handle, and each task did its share."""
     image = photo()
-    [(_, metered, _)] = await _run(parallel_blur, [(image, radius)])
+    # Two calls: the first warms the workers up as the student's code uses them; the lighter counts.
+    runs, serial_cpu = await _run(parallel_blur, [(image, radius), (image, radius)], reference=(image, radius))
+    metered = min((meter for _, meter, _ in runs), key=lambda meter: meter.work)
     limit = COPY_SHARE * image.nbytes
     mb = 1e6
     if metered.tasks < metered.workers:
@@ -225,31 +334,53 @@ async def check_shared(parallel_blur, radius: int = 4) -> str:
             "copy. Let each worker write its rows into a shared output (SharedArray.create(image.shape)) "
             "and return nothing."
         )
-    return "the image and the result crossed to the workers as small handles: the workers attached, nothing was copied."
+    _judge_work(metered, serial_cpu)
+    return ("the image and the result crossed to the workers as small handles, and the workers shared "
+            "one blur's work between them.")
+
+
+def _judge_work(metered: MeteredPool, serial_cpu: float) -> None:
+    """Fail unless the tasks together did about one serial blur's work (see :data:`MAX_WORK`)."""
+    if serial_cpu <= 0:
+        return  # a clock too coarse to see one blur: nothing can be judged
+    work, ms = metered.work, 1e3
+    share = work / serial_cpu
+    said = (f"the {metered.tasks} tasks together spent {work * ms:.0f} ms of CPU time in the workers, "
+            f"{share:.1f} times the {serial_cpu * ms:.0f} ms that one serial blur of the whole image takes there")
+    if share > MAX_WORK:
+        raise Fail(f"{said}: the workers did the same work several times over. The output is right, but "
+                   "nothing was shared out: each task should blur only its own band of rows, and the few "
+                   "rows of halo around it that its pixels read, not the whole image.")
+
 
 
 @register("ex05.tidy")
 async def check_tidy(parallel_blur, radius: int = 4) -> str:
     """No shared-memory segment of this process is left once parallel_blur returns."""
-    [(_, _, left)] = await _run(parallel_blur, [(photo(), radius)])
+    [(_, _, left)], _ = await _run(parallel_blur, [(photo(), radius)])
     if left:
         raise Fail(
             f"parallel_blur left {len(left)} shared-memory segment(s) behind ({', '.join(sorted(left))}): "
             "close every SharedArray you create, after the pool's work is done and after copying the "
-            "result out. A `with SharedArray.from_array(image) as src, SharedArray.create(...) as dst:` "
-            "block does it, even when something fails."
+            "result out. A with block around the SharedArrays does it, even when something fails."
         )
     return "parallel_blur leaves no shared memory behind."
 
 
 @register("ex05.any_size")
 async def check_any_size(parallel_blur) -> str:
-    """Tiny images (fewer rows than workers), a wide radius, and radius 0 are right too."""
-    cases = [(photo(height, width, seed=height), radius) for height, width, radius in _SMALL_CASES]
-    runs = await _run(parallel_blur, [(image.copy(), radius) for image, radius in cases])
+    """Tiny images (fewer rows than workers), a wide radius, radius 0, and another pool size are right too."""
+    cases = [(photo(height, width, seed=height), radius) for height, width, radius in (*_SMALL_CASES, _MID_CASE)]
+    runs, _ = await _run(parallel_blur, [(image.copy(), radius) for image, radius in cases], workers=HIDDEN_WORKERS)
     for (image, radius), (output, _, _) in zip(cases, runs):
         problem = _compare(output, blur(image, radius), radius)
         if problem:
             height, width = image.shape
             raise Fail(f"for a {height}x{width} image and radius {radius}: {problem}")
-    return "parallel_blur is exact for tiny images, wide radii and radius 0 too."
+    (image, _), (_, metered, _) = cases[-1], runs[-1]
+    if metered.tasks < metered.workers:
+        height, width = image.shape
+        raise Fail(f"for a {height}x{width} image, parallel_blur sent {metered.tasks} task(s) to a pool of "
+                   f"{metered.workers} workers, so some workers had nothing to do: count the bands from the "
+                   "pool you are given (pool.workers), not from the pool you tried it on.")
+    return "parallel_blur is exact for tiny images, wide radii, radius 0 and another pool size too."
