@@ -130,3 +130,33 @@ def test_other_correct_ways_to_cut_the_range_pass_the_count_and_the_edges(tmp_pa
     assert edges.passed, edges.message
     # The count is right and in processes; only a busy machine could leave it short of the speed asked.
     assert counting.passed or "as fast as doing the work one piece at a time" in counting.message, counting.message
+
+
+def _primes_between(lo: int, hi: int) -> int:
+    return count_primes(hi) - count_primes(max(lo, 0))
+
+
+@pytest.mark.parametrize("gil", [True, False])
+def test_counting_on_threads_is_refused_for_its_kind_only_where_the_build_has_a_gil(monkeypatch, gil):
+    import asyncio
+
+    from labkit import WorkerPool
+    from labkit.grading.checks import Fail
+
+    monkeypatch.setattr(ex04, "gil_enabled", lambda: gil)  # as sys._is_gil_enabled() would answer
+    with WorkerPool("thread", 2) as threads:
+        def count_below(limit):
+            bounds = [limit * i // 8 for i in range(9)]
+            return sum(threads.map(_primes_between, bounds[:-1], bounds[1:]))
+
+        try:
+            message = asyncio.run(ex04.check_count_batch(count_below, limit=60_000))
+        except Fail as failure:
+            message, passed = str(failure), False
+        else:
+            passed = True
+    if gil:
+        assert not passed and "counted in this process" in message and "This Python runs with a GIL" in message
+    else:  # without a GIL threads may use every core: the speed alone is judged, and the GIL never blamed
+        assert "GIL" not in message.replace("without a GIL", "")
+        assert ("from threads" in message) if passed else ("as fast as doing the work one piece at a time" in message)
