@@ -98,8 +98,8 @@ class MeteredPool:
     It offers what ``parallel_blur`` needs from a :class:`~labkit.pool.WorkerPool`: ``workers``,
     ``kind``, ``submit`` and ``map``. Each task is pickled once more here, exactly as the pool
     pickles it (cloudpickle of function, arguments and keyword arguments), to weigh it; each
-    result is weighed the same way when it arrives. Each task runs inside :func:`_metered_call`,
-    which also reports the CPU seconds it spent in its worker (``task_cpu``). The check owns the
+    result is weighed the same way when it arrives. Each task runs wrapped in ``_Timed``, which
+    also reports the CPU seconds it spent in its worker (``task_cpu``). The check owns the
     pool: ``shutdown`` and ``with`` do not stop it.
     """
 
@@ -128,7 +128,7 @@ class MeteredPool:
         with self._lock:
             self.tasks += 1
             self.sent_bytes += size
-        inner = self._pool.submit(_metered_call, fn, args, kwargs)
+        inner = self._pool.submit(_Timed(fn), *args, **kwargs)
         self.futures.append(inner)
         outer: Future = Future()
         outer.add_done_callback(lambda done: inner.cancel() if done.cancelled() else None)
@@ -178,11 +178,21 @@ class MeteredPool:
         return f"<MeteredPool of {self._pool!r}: {self.tasks} tasks>"
 
 
-def _metered_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, float]:
-    """In a worker: run one task; return its result and the CPU seconds this process spent on it."""
-    start = time.process_time()
-    result = fn(*args, **kwargs)
-    return result, time.process_time() - start
+class _Timed:
+    """A task that returns, with its result, the CPU seconds its worker spent on it.
+
+    It carries the task's own name, so that the pool's messages (a crash, a timeout, an error that
+    cannot be pickled) name the student's function, not this wrapper.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.__qualname__ = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+        start = time.process_time()
+        result = self.fn(*args, **kwargs)
+        return result, time.process_time() - start
 
 
 def _serial_blur_cpu(image: Any, radius: int) -> float:
