@@ -57,6 +57,17 @@ def test_every_worker_blurring_the_whole_image_fails_sharing_with_the_work_measu
     assert "the workers did the same work several times over" in shared.message
 
 
+def test_one_task_blurring_everything_fails_sharing_with_its_share_of_the_work(tmp_path):
+    # Every band is a task, so the pool gets one per worker; but the first does all the blurring.
+    path = edited_notebook(SOLUTION_05, {
+        WRITE: "    if start == 0:\n        dst.array[:] = blur(whole, radius)\n",
+    }, tmp_path / "lopsided.ipynb")
+    parts = outcomes_by_part(path)
+    assert parts["ex05.exact"].passed and parts["ex05.tidy"].passed
+    shared = parts["ex05.shared"]
+    assert not shared.passed and "that task did nearly all the blurring" in shared.message
+
+
 def test_a_crash_in_the_bands_names_the_image_and_what_went_wrong(tmp_path):
     # The halo not clamped at the top: whole[-4:hi] is an empty slice, and numpy's own error alone
     # ("can't extend empty axis 0") would say nothing about which image or why.

@@ -11,9 +11,11 @@ weighs about a hundred bytes (it pickles as its handle).
 The meter also reads the CPU time each task spent in its worker, which makes "each worker blurs
 its own band" a measurement too. All the tasks of one call together should do about the work of
 one serial blur (plus a few halo rows per band); workers that each blur the whole image do it once
-per task. The serial blur is timed in the same workers, after a warm-up run there (a fresh
-process pays page faults on blur's temporaries the first time), so both sides of the comparison
-pay the same costs, and CPU time does not grow when the machine is busy the way wall time does.
+per task. The serial blur is timed in the same tasks: right after the student's function returns,
+the task blurs a whole reference photo of the same size and times that too, so both sides of the
+comparison are measured in the same process, moments apart, under the same load (a busy machine
+makes a blur's CPU time vary by half or more from one second to the next, mostly in page faults on
+blur's temporaries). Every worker blurs the reference photo once first, as a warm-up.
 
 The test images hold whole numbers (an 8-bit photo, 0 to 255), so every sum the box blur makes is
 exact in floating point, and a correct banded blur equals the serial one bit for bit.
@@ -23,7 +25,7 @@ exact in floating point, and a correct banded blur equals the serial one bit for
 - ``ex05.shared``: the work went through the pool, in at least one task per worker; the image
   and the result crossed between processes as handles, not as copies; and the tasks together did
   about one blur's work (at most :data:`MAX_WORK` times a serial blur's CPU time), not one blur
-  per task.
+  per task, and no one task did nearly all of it (:data:`MAX_TASK_SHARE`).
 - ``ex05.tidy``: no shared-memory segment of this process is left once ``parallel_blur`` returns.
 - ``ex05.any_size`` (hidden): tiny images (fewer rows than workers), a radius wider than a band and
   radius 0 are right too, on a pool of :data:`HIDDEN_WORKERS` workers, which a solution fitted to
@@ -51,7 +53,7 @@ from labkit.workloads import blur, make_image
 
 from .checks import Fail, register
 
-__all__ = ["MeteredPool", "photo", "CHECK_WORKERS", "COPY_SHARE", "HIDDEN_WORKERS", "MAX_WORK"]
+__all__ = ["MeteredPool", "photo", "CHECK_WORKERS", "COPY_SHARE", "HIDDEN_WORKERS", "MAX_TASK_SHARE", "MAX_WORK"]
 
 #: Workers of the pool the checks lend to ``parallel_blur``. Three, whatever the machine: these
 #: checks judge correctness and traffic, not speed, and three bands give two seams to get right.
@@ -66,16 +68,25 @@ HIDDEN_WORKERS = 4
 COPY_SHARE = 0.01
 
 #: The tasks of one call may spend at most this many times the CPU time of one serial blur of the
-#: image. A banded blur spends about 1.0 (the halo adds 2 * radius rows per band: 2% for three
-#: bands at radius 4, 20% for 24 bands); blurring the whole image in every task spends one blur per
-#: task, 3.0 or more with the three workers. Halfway leaves room for CPU-time noise either way. Seen
-#: on a busy 2-core machine (load 6 to 12): 0.9 to 1.2 for three and for 24 bands, 3.8 to 4.1 for
-#: three tasks that each blurred the whole image. (A band's blur can cost less than its share of
-#: a whole one: its temporaries are smaller, so they fault fewer pages and fit the caches better.)
-MAX_WORK = 2.0
+#: image. A banded blur spends a little over 1.0 (the halo adds 2 * radius rows per band: 2% for
+#: three bands at radius 4, 20% for 24 bands; each task also attaches and first touches its rows
+#: of shared memory); blurring the whole image in every task spends one blur per task, 3.0 or more
+#: with the three workers. Seen on a busy 2-core machine (load 10 to 11), each serial blur timed in
+#: the task beside the student's: 1.07 to 1.15 for three bands, 1.34 to 1.48 for 24, and 4.0 to 4.5
+#: for three tasks that each blurred the whole image. 2.5 sits between them with room either way.
+MAX_WORK = 2.5
 
-# How many serial blurs to time in the workers, after one warm-up blur per worker; the median counts.
-_REFERENCE_RUNS = 2 * CHECK_WORKERS
+#: No one task may spend more than this share of all the tasks' CPU time: a task that blurs
+#: (nearly) everything leaves the other workers waiting. With three bands each spends about a
+#: third (seen: up to 0.48 on a busy machine); a task that does all the blurring spends over 0.9.
+MAX_TASK_SHARE = 0.8
+
+# How many tasks of one call also time a serial blur of the reference photo (the first ones
+# submitted); their median counts. Eight bound the extra work when a call cuts many thin bands.
+_REFERENCE_TASKS = 8
+
+# In a worker: the reference photos made there, by shape (made once, outside any timing).
+_reference_photos: dict[tuple[int, int], Any] = {}
 
 # The check image: a height that no small worker count divides, and a width that is not square.
 _HEIGHT, _WIDTH = 1021, 768
@@ -99,12 +110,16 @@ class MeteredPool:
     ``kind``, ``submit`` and ``map``. Each task is pickled once more here, exactly as the pool
     pickles it (cloudpickle of function, arguments and keyword arguments), to weigh it; each
     result is weighed the same way when it arrives. Each task runs wrapped in ``_Timed``, which
-    also reports the CPU seconds it spent in its worker (``task_cpu``). The check owns the
-    pool: ``shutdown`` and ``with`` do not stop it.
+    also reports the CPU seconds it spent in its worker (``task_cpu``); given ``reference`` (an
+    image shape and a radius), the first tasks also time a serial blur of a reference photo of
+    that shape right after (``reference_cpu``). The check owns the pool: ``shutdown`` and
+    ``with`` do not stop it.
     """
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, reference: tuple[tuple[int, int], int] | None = None) -> None:
         self._pool = pool
+        self._reference = reference
+        self.reference_cpu: list[float] = []
         self._lock = threading.Lock()
         self.tasks = 0
         self.sent_bytes = 0
@@ -128,7 +143,8 @@ class MeteredPool:
         with self._lock:
             self.tasks += 1
             self.sent_bytes += size
-        inner = self._pool.submit(_Timed(fn), *args, **kwargs)
+            reference = self._reference if self.tasks <= _REFERENCE_TASKS else None
+        inner = self._pool.submit(_Timed(fn, reference), *args, **kwargs)
         self.futures.append(inner)
         outer: Future = Future()
         outer.add_done_callback(lambda done: inner.cancel() if done.cancelled() else None)
@@ -147,6 +163,12 @@ class MeteredPool:
         with self._lock:
             return sum(self.task_cpu)
 
+    @property
+    def heaviest(self) -> float:
+        """CPU seconds of the finished task that spent the most (0.0 before any finished)."""
+        with self._lock:
+            return max(self.task_cpu, default=0.0)
+
     def _relay(self, inner: Future, outer: Future) -> None:
         """Hand the task's own result (or error) to the student's future; keep its weight and CPU time."""
         if inner.cancelled():
@@ -158,11 +180,13 @@ class MeteredPool:
         if error is not None:
             outer.set_exception(error)
             return
-        result, cpu = inner.result()
+        result, cpu, reference_cpu = inner.result()
         size = len(cloudpickle.dumps(result))
         with self._lock:
             self.returned_bytes += size
             self.task_cpu.append(cpu)
+            if reference_cpu is not None:
+                self.reference_cpu.append(reference_cpu)
         outer.set_result(result)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -185,18 +209,24 @@ class _Timed:
     cannot be pickled) name the student's function, not this wrapper.
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], reference: tuple[tuple[int, int], int] | None = None) -> None:
         self.fn = fn
+        self.reference = reference
         self.__qualname__ = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, float, float | None]:
         start = time.process_time()
         result = self.fn(*args, **kwargs)
-        return result, time.process_time() - start
+        cpu = time.process_time() - start
+        reference_cpu = _reference_blur_cpu(*self.reference) if self.reference is not None else None
+        return result, cpu, reference_cpu
 
 
-def _serial_blur_cpu(image: Any, radius: int) -> float:
-    """In a worker: the CPU seconds one serial blur of the whole image takes there."""
+def _reference_blur_cpu(shape: tuple[int, int], radius: int) -> float:
+    """In a worker: the CPU seconds one serial blur of a whole reference photo of ``shape`` takes there."""
+    image = _reference_photos.get(shape)
+    if image is None:
+        image = _reference_photos[shape] = photo(*shape)
     start = time.process_time()
     blur(image, radius)
     return time.process_time() - start
@@ -210,27 +240,28 @@ def _my_segments() -> set[str]:
     return {p.name for p in Path(SHM_DIR).iterdir() if p.name.startswith(prefix)}
 
 
-async def _run(parallel_blur, cases: list[tuple[Any, int]], reference: tuple[Any, int] | None = None,
-               workers: int = CHECK_WORKERS) -> tuple[list[tuple[Any, MeteredPool, set[str]]], float]:
+async def _run(parallel_blur, cases: list[tuple[Any, int]], *, timed: bool = False,
+               workers: int = CHECK_WORKERS) -> list[tuple[Any, MeteredPool, set[str]]]:
     """Call ``parallel_blur(image, radius, pool)`` for each case, lending it one metered pool.
 
     Waits for every task a call started (even those it never waited for), then stops the pool.
-    Returns, per case, the output, that call's meter, and the segments of this process it left;
-    and, when ``reference`` (an image and a radius) is given, the CPU seconds a serial blur of it
-    takes in the same workers (else 0.0): one warm-up blur per worker before the cases, and the
-    median of several after them. The pool has ``workers`` workers.
+    Returns, per case, the output, that call's meter, and the segments of this process it left.
+    The pool has ``workers`` workers. ``timed``: the meters also time a serial blur of a reference
+    photo in the first tasks of each call, after one warm-up blur of it per worker.
     """
     if not callable(parallel_blur):
         raise Fail(f"pass your parallel_blur function itself to the check, not {type(parallel_blur).__name__}")
     pool = WorkerPool("process", workers)
     runs = []
-    serial_cpu = 0.0
     try:
-        if reference is not None:
-            await _serial_cpu(pool, reference, workers)  # warm-up: page faults, imports
+        if timed:
+            image, radius = cases[0]
+            warm_ups = [pool.submit(_reference_blur_cpu, image.shape, radius) for _ in range(workers)]
+            for future in warm_ups:  # makes each worker's photo, pays its first page faults, imports
+                await asyncio.wrap_future(future)
         for image, radius in cases:
             before = _my_segments()
-            metered = MeteredPool(pool)
+            metered = MeteredPool(pool, (image.shape, radius) if timed else None)
             try:
                 output = await asyncio.to_thread(parallel_blur, image, radius, metered)
             except (Fail, NotImplementedError):
@@ -244,18 +275,9 @@ async def _run(parallel_blur, cases: list[tuple[Any, int]], reference: tuple[Any
                     except Exception:  # noqa: BLE001 - the student's error; the verdict reports its effect
                         pass
             runs.append((output, metered, _my_segments() - before))
-        if reference is not None:
-            serial_cpu = statistics.median(await _serial_cpu(pool, reference, _REFERENCE_RUNS))
     finally:
         await asyncio.to_thread(pool.shutdown)
-    return runs, serial_cpu
-
-
-async def _serial_cpu(pool: WorkerPool, reference: tuple[Any, int], runs: int) -> list[float]:
-    """Blur the reference image serially ``runs`` times in the pool's workers; their CPU seconds."""
-    image, radius = reference
-    futures = [pool.submit(_serial_blur_cpu, image, radius) for _ in range(runs)]
-    return [await asyncio.wrap_future(future) for future in futures]
+    return runs
 
 
 def _crash_message(exc: BaseException, image: Any, radius: int) -> str:
@@ -310,7 +332,7 @@ def _compare(output, expected, radius: int) -> str | None:
 async def check_exact(parallel_blur, radius: int = 4) -> str:
     """parallel_blur(image, radius, pool) equals blur(image, radius) exactly."""
     image = photo()
-    [(output, _, _)], _ = await _run(parallel_blur, [(image.copy(), radius)])
+    [(output, _, _)] = await _run(parallel_blur, [(image.copy(), radius)])
     problem = _compare(output, blur(image, radius), radius)
     if problem:
         raise Fail(problem)
@@ -322,8 +344,8 @@ async def check_shared(parallel_blur, radius: int = 4) -> str:
     """The work went through the pool, the image travelled as a handle, and each task did its share."""
     image = photo()
     # Two calls: the first warms the workers up as the student's code uses them; the lighter counts.
-    runs, serial_cpu = await _run(parallel_blur, [(image, radius), (image, radius)], reference=(image, radius))
-    metered = min((meter for _, meter, _ in runs), key=lambda meter: meter.work)
+    runs = await _run(parallel_blur, [(image, radius), (image, radius)], timed=True)
+    metered = min((meter for _, meter, _ in runs), key=_work_share)
     limit = COPY_SHARE * image.nbytes
     mb = 1e6
     if metered.tasks < metered.workers:
@@ -344,13 +366,25 @@ async def check_shared(parallel_blur, radius: int = 4) -> str:
             "copy. Let each worker write its rows into a shared output (SharedArray.create(image.shape)) "
             "and return nothing."
         )
-    _judge_work(metered, serial_cpu)
+    _judge_work(metered)
     return ("the image and the result crossed to the workers as small handles, and the workers shared "
             "one blur's work between them.")
 
 
-def _judge_work(metered: MeteredPool, serial_cpu: float) -> None:
+def _serial_cpu(metered: MeteredPool) -> float:
+    """The median CPU seconds of the serial blurs timed in ``metered``'s tasks (0.0 if none)."""
+    return statistics.median(metered.reference_cpu) if metered.reference_cpu else 0.0
+
+
+def _work_share(metered: MeteredPool) -> float:
+    """How many serial blurs' worth of CPU time the tasks of ``metered`` spent (0.0 if unknown)."""
+    serial_cpu = _serial_cpu(metered)
+    return metered.work / serial_cpu if serial_cpu > 0 else 0.0
+
+
+def _judge_work(metered: MeteredPool) -> None:
     """Fail unless the tasks together did about one serial blur's work (see :data:`MAX_WORK`)."""
+    serial_cpu = _serial_cpu(metered)
     if serial_cpu <= 0:
         return  # a clock too coarse to see one blur: nothing can be judged
     work, ms = metered.work, 1e3
@@ -359,15 +393,22 @@ def _judge_work(metered: MeteredPool, serial_cpu: float) -> None:
             f"{share:.1f} times the {serial_cpu * ms:.0f} ms that one serial blur of the whole image takes there")
     if share > MAX_WORK:
         raise Fail(f"{said}: the workers did the same work several times over. The output is right, but "
-                   "nothing was shared out: each task should blur only its own band of rows, and the few "
-                   "rows of halo around it that its pixels read, not the whole image.")
+                   "the work was not shared out: each task should blur only its own band of rows and the "
+                   "halo around it that its pixels read, not the whole image. (Many thin bands add up "
+                   "too: each one blurs 2 x radius rows of halo besides its own.)")
+    heaviest = metered.heaviest
+    if metered.tasks > 1 and work > 0 and heaviest > MAX_TASK_SHARE * work:
+        raise Fail(f"one of the {metered.tasks} tasks spent {heaviest * ms:.0f} ms of the {work * ms:.0f} ms of "
+                   f"CPU time all of them spent ({heaviest / work:.0%}): that task did nearly all the blurring "
+                   "while the other workers had almost nothing to do. Give every task a band of about the "
+                   "same number of rows.")
 
 
 
 @register("ex05.tidy")
 async def check_tidy(parallel_blur, radius: int = 4) -> str:
     """No shared-memory segment of this process is left once parallel_blur returns."""
-    [(_, _, left)], _ = await _run(parallel_blur, [(photo(), radius)])
+    [(_, _, left)] = await _run(parallel_blur, [(photo(), radius)])
     if left:
         raise Fail(
             f"parallel_blur left {len(left)} shared-memory segment(s) behind ({', '.join(sorted(left))}): "
@@ -381,7 +422,7 @@ async def check_tidy(parallel_blur, radius: int = 4) -> str:
 async def check_any_size(parallel_blur) -> str:
     """Tiny images (fewer rows than workers), a wide radius, radius 0, and another pool size are right too."""
     cases = [(photo(height, width, seed=height), radius) for height, width, radius in (*_SMALL_CASES, _MID_CASE)]
-    runs, _ = await _run(parallel_blur, [(image.copy(), radius) for image, radius in cases], workers=HIDDEN_WORKERS)
+    runs = await _run(parallel_blur, [(image.copy(), radius) for image, radius in cases], workers=HIDDEN_WORKERS)
     for (image, radius), (output, _, _) in zip(cases, runs):
         problem = _compare(output, blur(image, radius), radius)
         if problem:
