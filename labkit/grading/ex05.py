@@ -10,8 +10,9 @@ weighs about a hundred bytes (it pickles as its handle).
 
 The meter also reads the CPU time each task spent in its worker, which makes "each worker blurs
 its own band" a measurement too. All the tasks of one call together should do about the work of
-one serial blur (plus a few halo rows per band); workers that each blur the whole image do it once
-per task. The serial blur is timed in the same tasks: right after the student's function returns,
+one serial blur (plus a few halo rows per band), so a typical task does a fraction of one;
+workers that each blur the whole image do a whole blur per task. The serial blur is timed in the
+same tasks: right after the student's function returns,
 the task blurs a whole reference photo of the same size and times that too, so both sides of the
 comparison are measured in the same process, moments apart, under the same load (a busy machine
 makes a blur's CPU time vary by half or more from one second to the next, mostly in page faults on
@@ -23,10 +24,9 @@ exact in floating point, and a correct banded blur equals the serial one bit for
 - ``ex05.exact``: the output equals the serial blur exactly, on an image whose height does not
   divide evenly between the workers.
 - ``ex05.shared``: the work went through the pool, in at least one task per worker; the image
-  and the result crossed between processes as handles, not as copies; and the tasks together did
-  its share of one blur's work: a typical task spent well under a whole serial blur's CPU time
-  (:data:`MAX_TASK_WORK`), not one blur per task, and no one task did nearly all of it
-  (:data:`MAX_TASK_SHARE`).
+  and the result crossed between processes as handles, not as copies; and each task did its
+  share of one blur's work: a typical task spent well under a whole serial blur's CPU time
+  (:data:`MAX_TASK_WORK`), and no one task did nearly all of it (:data:`MAX_TASK_SHARE`).
 - ``ex05.tidy``: no shared-memory segment of this process is left once ``parallel_blur`` returns.
 - ``ex05.any_size`` (hidden): tiny images (fewer rows than workers), a radius wider than a band and
   radius 0 are right too, on a pool of :data:`HIDDEN_WORKERS` workers, more than any visible check
@@ -87,8 +87,9 @@ COPY_SHARE = 0.01
 MAX_TASK_WORK = 0.4
 
 #: No one task may spend more than this share of all the tasks' CPU time: a task that blurs
-#: (nearly) everything leaves the other workers waiting. With three bands each spends about a
-#: third (seen: up to 0.48 on a busy machine); a task that does all the blurring spends over 0.9.
+#: (nearly) everything leaves the other workers waiting. With six bands each spends about a sixth
+#: (seen with three bands: up to 0.48 on a busy machine); a task that does all the blurring
+#: spends over 0.9 (seen: 1.00).
 MAX_TASK_SHARE = 0.8
 
 # How many tasks of one call also time a serial blur of the reference photo (the first ones
