@@ -193,8 +193,8 @@ def test_hashing_on_threads_passes(answers):
     assert "computed on threads" in message
 
 
-def test_hashing_on_processes_fails_and_points_to_threads(answers):
-    with pytest.raises(Fail, match=r"hashed in other processes.*use WorkerPool\('thread'"):
+def test_hashing_on_processes_fails_and_says_scrypt_releases_the_gil(answers):
+    with pytest.raises(Fail, match=r"hashed in other processes.*releases the GIL"):
         asyncio.run(ex04.check_hash_batch(answers["hash_on_processes"], cost=12))
 
 
@@ -203,9 +203,9 @@ def test_hashes_out_of_order_fail_with_the_first_wrong_position(answers):
         asyncio.run(ex04.check_hash_batch(answers["hash_reversed"], cost=12))
 
 
-def test_counting_in_processes_passes_and_counting_on_threads_fails_and_points_to_processes(answers):
+def test_counting_in_processes_passes_and_counting_on_threads_fails_and_names_the_gil(answers):
     assert "from worker processes" in asyncio.run(ex04.check_count_batch(answers["count_on_processes"], limit=60_000))
-    with pytest.raises(Fail, match=r"counted in this process.*use WorkerPool\('process'"):
+    with pytest.raises(Fail, match=r"counted in this process.*runs with a GIL"):
         asyncio.run(ex04.check_count_batch(answers["count_on_threads"], limit=60_000))
 
 

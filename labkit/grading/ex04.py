@@ -19,14 +19,20 @@ this kernel, and judges three things:
   threads (scrypt releases the GIL), as fast as the delivered cores allow.
 - ``ex04.count_batch``: ``count_below(limit)`` returns the number of primes below ``limit``,
   counted in worker processes (pure Python holds the GIL), as fast as the delivered cores allow.
+  On a free-threaded build running without its GIL, threads may count too: there they can use
+  every core, and the speed alone is judged.
 - ``ex04.edges`` (hidden): ``count_below`` is right for small and awkward limits too (every number
   counted once, whatever the piece boundaries).
+
+The failure messages say what was measured and which idea applies; they never name the pool kind
+or the worker count to write, which is the student's to choose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +45,7 @@ from labkit.workloads import count_primes, hash_password
 from ._values import plain
 from .checks import Fail, register
 
-__all__ = ["FAIR_SHARE", "IN_PROCESS_SHARE", "SALT", "BatchRun"]
+__all__ = ["COUNT_LIMIT", "FAIR_SHARE", "IN_PROCESS_SHARE", "SALT", "BatchRun", "gil_enabled"]
 
 #: A batch counts as parallel enough when its speedup over serial reaches this share of the
 #: parallelism the machine delivered (capped by the usable and physical cores, and the tasks). An
@@ -53,6 +59,15 @@ FAIR_SHARE = 0.6
 IN_PROCESS_SHARE = 0.5
 
 SALT = b"labkit-course-salt"
+
+#: The limit ``ex04.count_batch`` counts below. Pieces that round their ends down and never give
+#: the remainder to a piece lose the last ``limit % pieces`` numbers; with a round limit such as
+#: 200,000 that remainder is zero for every common piece count, and the mistake goes unseen. This
+#: limit is divisible by no piece count from 3 to 128 (16 workers with 8 pieces each), and
+#: ``limit - 1`` (199,921) is prime, so whatever such a split loses includes a prime and the count
+#: comes out wrong. Two pieces divide it (an even limit is the price of a prime just below it);
+#: the hidden ``ex04.edges`` check catches that split at its small limits.
+COUNT_LIMIT = 199_922
 
 # How long to let a freshly started process pool settle after the warm-up call, so that every
 # worker has said "ready" before the timed run (a spawn worker takes a few hundred milliseconds).
@@ -122,6 +137,16 @@ async def _compare(reference: Callable[[], Any], student: Callable[[], Any], tas
     return BatchRun(expected, result, serial, parallel, reference_cpu, cpu_here, delivered, tasks)
 
 
+def gil_enabled() -> bool:
+    """Whether this Python runs with its GIL: always before 3.13, and on a default build after it.
+
+    A free-threaded build (3.13t, 3.14t) says so through ``sys._is_gil_enabled()``; it can still
+    turn the GIL on (``PYTHON_GIL=1``, or an extension module that needs it), so ask, do not assume.
+    """
+    probe = getattr(sys, "_is_gil_enabled", None)
+    return bool(probe()) if callable(probe) else True
+
+
 def _require_function(function, name: str) -> None:
     if not callable(function):
         raise Fail(f"pass your {name} function itself to the check, not {type(function).__name__}")
@@ -165,7 +190,7 @@ async def check_hash_batch(hash_all, cost: int = 14) -> str:
     if not isinstance(result, list) or len(result) != len(passwords):
         shown = f"{len(result)} items" if isinstance(result, list) else type(result).__name__
         raise Fail(f"hash_all returned {shown} for {len(passwords)} passwords: return a list with one hash "
-                   "per password (list(pool.map(hash_one, passwords)))")
+                   "per password, in the order of the passwords")
     if run.expected != result:
         wrong = next(i for i, (a, b) in enumerate(zip(result, run.expected)) if a != b)
         raise Fail(f"hash_all's hash number {wrong} is not the hash of password {wrong} ({passwords[wrong]!r}): "
@@ -173,21 +198,23 @@ async def check_hash_batch(hash_all, cost: int = 14) -> str:
     if not run.in_this_process:
         raise Fail(
             f"hash_all hashed in other processes: this kernel spent {run.cpu_here * 1e3:.0f} ms of CPU time on "
-            f"a batch that takes {run.reference_cpu * 1e3:.0f} ms to hash. That works, but scrypt releases the "
-            "GIL, so threads reach the same speed without starting processes or copying arguments: "
-            "use WorkerPool('thread', ...) for hash_pool."
+            f"a batch that takes {run.reference_cpu * 1e3:.0f} ms to hash, so the hashing ran in other "
+            "processes. That works, but it is heavier than it needs to be: scrypt runs in native code that "
+            "releases the GIL while it hashes. Which kind of worker can use that without starting processes "
+            "and copying every password and hash between them? The lightest pool that gives the speedup is "
+            "the right one."
         )
     run = await _judge_speed(run, trial)
     if not run.fast_enough:
-        raise Fail(_slow_message("hash_all", run, "Give hash_pool one worker per usable core "
-                                 "(workers='max'), and hand it the whole batch at once (pool.map), "
-                                 "not one password after another."))
+        raise Fail(_slow_message("hash_all", run, "Does hash_pool have a worker for every core the machine "
+                                 "can give, and does hash_all hand it the whole batch at once (pool.map) "
+                                 "rather than one password after another?"))
     return ("hash_all returns every hash in order, computed on threads, "
             "as fast as the cores this machine delivered allow.")
 
 
 @register("ex04.count_batch")
-async def check_count_batch(count_below, limit: int = 200_000) -> str:
+async def check_count_batch(count_below, limit: int = COUNT_LIMIT) -> str:
     """count_below(limit) is right, computed in worker processes, at a fair speedup."""
     _require_function(count_below, "count_below")
     count_below(1_000)  # warm-up: starts the pool (and raises NotImplementedError if untouched)
@@ -200,21 +227,35 @@ async def check_count_batch(count_below, limit: int = 200_000) -> str:
     result = plain(run.result, f"count_below({limit})")
     if run.expected != result:
         raise Fail(f"count_below({limit}) returned {result!r}; there are {run.expected} primes below {limit}. "
-                   "Add up the counts of pieces that together cover 2 to limit - 1, each number exactly once.")
-    if run.in_this_process:
+                   f"{_miscount_hint(result, run.expected)}")
+    gil = gil_enabled()
+    if run.in_this_process and gil:
         raise Fail(
             f"count_below counted in this process: this kernel spent {run.cpu_here * 1e3:.0f} ms of CPU time, "
-            f"and counting the primes takes {run.reference_cpu * 1e3:.0f} ms. On this Python (a build with "
-            "a GIL, the default) threads take turns at the GIL, so pure-Python counting gains no core: "
-            "use WorkerPool('process', ...) for primes_pool."
+            f"and counting the primes takes {run.reference_cpu * 1e3:.0f} ms, so the counting ran in this "
+            "kernel's own threads (or in no pool at all). This Python runs with a GIL: only one of its threads "
+            "runs Python code at a time, so pure-Python counting on threads takes turns on one core. Which "
+            "kind of worker has an interpreter, and a GIL, of its own?"
         )
     run = await _judge_speed(run, trial)
     if not run.fast_enough:
-        raise Fail(_slow_message("count_below", run, "Give primes_pool one worker per usable core "
-                                 "(workers='max'), and cut the range into several pieces per worker: "
-                                 "large numbers cost more to test, so equal ranges are unequal work."))
-    return ("count_below returns the right count from worker processes, "
-            "as fast as the cores this machine delivered allow.")
+        raise Fail(_slow_message("count_below", run, "Does primes_pool have a worker for every core the "
+                                 "machine can give? And are the pieces equal work? Large numbers cost more "
+                                 "to test, so equal ranges are unequal work: with one range per worker, the "
+                                 "one with the top of the range finishes last while the others wait."))
+    where = "from threads (this build runs without a GIL)" if run.in_this_process else "from worker processes"
+    return f"count_below returns the right count {where}, as fast as the cores this machine delivered allow."
+
+
+def _miscount_hint(result: Any, expected: int) -> str:
+    """What a wrong count says about the pieces: numbers left out, or counted twice."""
+    if isinstance(result, int) and result < expected:
+        return ("Some numbers were never counted. Do the pieces reach all the way to limit? A piece size "
+                "rounded down (limit // pieces) leaves the last few numbers out when the range does not "
+                "divide evenly.")
+    if isinstance(result, int) and result > expected:
+        return "Some numbers were counted twice: do neighbouring pieces overlap?"
+    return "Add up the counts of pieces that together cover 2 to limit - 1, each number exactly once."
 
 
 @register("ex04.edges")
