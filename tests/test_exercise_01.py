@@ -153,7 +153,8 @@ ALTERNATIVES = {
     },
     "default_executor_and_partial": {
         LOGIN: "import functools\n"
-               "    return await loop.run_in_executor(None, functools.partial(labkit.hash_password, password, SALT, COST))",
+               "    hashing = functools.partial(labkit.hash_password, password, SALT, COST)\n"
+               "    return await loop.run_in_executor(None, hashing)",
         REPORT: "import functools\n"
                 "    return await loop.run_in_executor(processes, functools.partial(labkit.count_primes, limit))",
     },

@@ -118,8 +118,8 @@ def _idle_message(workers: int, usable: int) -> str:
 def _oversubscribed_message(workers: int, usable: int, measured: tuple[float, LoadReport, LoadReport, int] | None
                             ) -> str:
     head = (f"{workers} workers on a machine where this process may use {_count(usable, 'core')}: every request of "
-            f"this service keeps a core busy, so no more than {_count(usable, 'worker')} can compute at any moment, "
-            f"and the other {workers - usable} wait for a turn on the same cores. ")
+            "this service keeps a core busy for its whole duration, so workers beyond the cores take turns on them "
+            "rather than compute at once. ")
     idea = ("A CPU-bound service gains at most one worker's rate per core that computes, however many workers "
             "wait; each worker beyond that holds a whole interpreter's memory and makes the cores switch between "
             "processes.")
