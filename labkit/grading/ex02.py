@@ -79,7 +79,7 @@ def judge_speedup(speedup: float, delivered: float) -> bool:
 
 
 def _settings(function: Callable[[], dict], name: str) -> dict:
-    settings = settings_from(function, name, example="{'workers': 2, 'balance': 'os'}", fixed=_FIXED,
+    settings = settings_from(function, name, example="{'workers': 3, 'balance': 'os'}", fixed=_FIXED,
                              yours="settings like workers and balance")
     if "workers" not in settings:
         raise Fail(f"{name}() does not say how many workers to run: add a 'workers' entry, in one of the forms "
@@ -110,9 +110,8 @@ def _count(number: int, noun: str) -> str:
 
 def _idle_message(workers: int, usable: int) -> str:
     return (f"{_count(workers, 'worker')} on a machine where this process may use {_count(usable, 'core')}: every "
-            "request of this "
-            "service keeps a core busy for its whole duration, and a worker computes one request at a time, so "
-            f"{usable - workers} of the usable cores stay idle while requests wait in line")
+            "request of this service keeps a core busy for its whole duration, and a worker computes one request "
+            f"at a time, so {usable - workers} of the usable cores stay idle while requests wait in line")
 
 
 def _oversubscribed_message(workers: int, usable: int, measured: tuple[float, LoadReport, LoadReport, int] | None
@@ -207,7 +206,8 @@ async def check_other_machine(cpu_service_settings) -> str:
     with WorkerPool("process", 1, start_method="spawn", timeout=60) as pool:
         cpus, usable, workers, problem = await asyncio.wrap_future(pool.submit(_workers_on_one_cpu,
                                                                                cpu_service_settings))
-    shape = f"on another machine shape (a process pinned to one of this machine's {_count(cpus, 'CPU')})"
+    shape = (f"on another machine shape (a process pinned to one of this machine's {_count(cpus, 'CPU')})" if cpus > 1
+             else "on this machine (a smaller shape could not be made here)")
     if problem:
         raise Fail(f"{shape}, cpu_service_settings() failed: {problem}")
     if workers != usable:
