@@ -8,12 +8,18 @@ nbval (plain ``pytest`` replays solutions/).
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+
 import nbformat
 import pytest
 from grading_corpus import LOGIN, LOGIN_DEF, REPORT, REPORT_DEF, wrong_answers
 from helpers import EXERCISES, SOLUTIONS, edited_notebook, outcomes_by_part, replace_once
 
 from labkit.cli import main
+from labkit.grading import ex01
+from labkit.grading.checks import Fail
 from labkit.grading.runner import run_notebook
 
 SOLUTION_01 = SOLUTIONS / "01_event_loop_blocking.ipynb"
@@ -167,3 +173,23 @@ def test_other_correct_ways_to_offload_pass_every_part(tmp_path, alternative):
     by_part = outcomes_by_part(path)
     assert {part: o.passed for part, o in by_part.items()} == {
         "ex01.offload_hash": True, "ex01.offload_primes": True, "ex01.many_logins": True}, by_part
+
+
+def test_a_check_that_never_finds_the_kernel_quiet_says_what_kept_it_busy(monkeypatch):
+    monkeypatch.setattr(ex01, "QUIET_SECONDS", 0.5)  # this test's own process, not a student's kernel
+    stop = threading.Event()
+
+    def spin():  # work some earlier cell left running in a thread
+        while not stop.is_set():
+            time.perf_counter()
+
+    busy = threading.Thread(target=spin)
+    busy.start()
+    try:
+        with pytest.raises(Fail, match="kept .* cores busy") as failed:
+            asyncio.run(ex01._wait_until_quiet())
+    finally:
+        stop.set()
+        busy.join()
+    assert "in this kernel's threads" in str(failed.value) and "nobody awaited" in str(failed.value)
+    asyncio.run(ex01._wait_until_quiet())  # and once it ended, the kernel is quiet again
