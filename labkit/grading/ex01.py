@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import os
 import sys
+import threading
 import time
 import types
 from collections.abc import Awaitable, Callable
@@ -74,6 +76,10 @@ QUIET_SECONDS = 15.0
 # time slices, short enough that a quiet kernel costs the check a fifth of a second.
 _QUIET_WINDOW = 0.2
 
+# How often a look samples which threads are runnable: often enough that a thread that computes
+# throughout is told from one that woke up once (a heartbeat), cheap enough to be unnoticed.
+_QUIET_SAMPLES = 8
+
 SALT = b"labkit-course-salt"
 
 T = TypeVar("T")
@@ -114,29 +120,62 @@ def _rss_mb(pid: int) -> float | None:
         return None
 
 
+def _runnable_threads(pids: list[int]) -> set[tuple[int, int]]:
+    """The threads of ``pids`` that are running or waiting for a core right now, except this one.
+
+    Read from ``/proc/PID/task/TID/stat`` (Linux): a thread that computes is in state ``R`` whether
+    it holds a core or waits for one, so, unlike its CPU rate, this does not drop when other
+    programs load the machine. Elsewhere the set is empty and the CPU rate decides alone.
+    """
+    me, found = (os.getpid(), threading.get_native_id()), set()
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat", encoding="ascii", errors="replace") as stat:
+                    state = stat.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state == "R" and (pid, int(task)) != me:
+                found.add((pid, int(task)))
+    return found
+
+
 async def _wait_until_quiet() -> None:
     """Return once this kernel and its children are quiet; fail if they stay busy too long.
 
     Work that an earlier cell started and never awaited (a hash in a thread, a count in a pool)
     goes on running in the background. Its CPU time would be counted as the student's, or inflate
-    a reference, so the check lets it finish first, and says so when it does not.
+    a reference, so the check lets it finish first, and says so when it does not. Quiet means: less
+    than :data:`QUIET_CORES` of CPU used, and no other thread runnable in most of the samples taken
+    meanwhile (on a loaded machine a busy thread gets little CPU, but it stays runnable).
     """
     deadline = time.monotonic() + QUIET_SECONDS
     while True:
-        children_before, _ = _children_cpu()
+        children_before, each = _children_cpu()
+        pids = [os.getpid(), *each]
         here_before, start = time.process_time(), time.perf_counter()
-        await asyncio.sleep(_QUIET_WINDOW)
+        runnable: dict[tuple[int, int], int] = {}
+        for _ in range(_QUIET_SAMPLES):
+            await asyncio.sleep(_QUIET_WINDOW / _QUIET_SAMPLES)
+            for thread in _runnable_threads(pids):
+                runnable[thread] = runnable.get(thread, 0) + 1
         here, wall = time.process_time() - here_before, time.perf_counter() - start
         children = _children_cpu()[0] - children_before
-        if here + children < QUIET_CORES * wall:
+        busy = sum(1 for seen in runnable.values() if seen > _QUIET_SAMPLES // 2)
+        if here + children < QUIET_CORES * wall and not busy:
             return
         if time.monotonic() > deadline:
             raise Fail(
                 f"before measuring, the check waited {QUIET_SECONDS:.0f} s for this kernel to go quiet, but work "
                 f"started earlier kept {(here + children) / wall:.1f} cores busy ({here / wall:.1f} in this "
-                f"kernel's threads, {children / wall:.1f} in its child processes). Something an earlier cell or "
-                "call started is still computing, perhaps a hash or a count whose result nobody awaited. Let "
-                "it finish (or restart the kernel and run the cells again), then run this check again."
+                f"kernel's threads, {children / wall:.1f} in its child processes; {busy} threads kept computing). "
+                "Something an earlier cell or call started is still computing, perhaps a hash or a count whose "
+                "result nobody awaited. Let it finish (or restart the kernel and run the cells again), then run "
+                "this check again."
             )
 
 
