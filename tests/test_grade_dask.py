@@ -75,10 +75,10 @@ def _start(folder: Path, workers: int, env: dict[str, str] | None = None) -> Das
     folder.mkdir(parents=True, exist_ok=True)
     scheduler_file = folder / "scheduler.json"
     quiet = {"stdout": subprocess.DEVNULL, "start_new_session": True, "cwd": folder}
-    scheduler = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-        stderr=open(folder / "scheduler.log", "wb"), **quiet)  # noqa: SIM115 - closed with the process
+    with open(folder / "scheduler.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        scheduler = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--no-dashboard", "--scheduler-file", str(scheduler_file)], stderr=log, **quiet)
     started = DaskProcesses("", [scheduler], folder)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -100,16 +100,21 @@ def _start(folder: Path, workers: int, env: dict[str, str] | None = None) -> Das
 
 
 def _start_worker(cluster: DaskProcesses, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_worker", cluster.address, "--nthreads", "1", "--nworkers", "1",
-         "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(cluster.folder / name), "--name", name],
-        stderr=open(cluster.folder / f"{name}.log", "wb"), stdout=subprocess.DEVNULL,  # noqa: SIM115
-        start_new_session=True, env=env, cwd=cluster.folder)  # not the project's folder, which holds labkit
+    with open(cluster.folder / f"{name}.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.address, "--nthreads", "1",
+             "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard", "--local-directory",
+             str(cluster.folder / name), "--name", name],
+            stderr=log, stdout=subprocess.DEVNULL, start_new_session=True, env=env,
+            cwd=cluster.folder)  # not the project's folder, whose labkit/ would come first on sys.path
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[DaskProcesses]:
-    started = _start(tmp_path_factory.mktemp("dask"), workers=2)
+    folder = tmp_path_factory.mktemp("dask")
+    # The workers' machine has a checks lock of its own, where this grader's machine has another.
+    machine = {**os.environ, "LABKIT_CHECK_LOCK": str(folder / "this-machines-checks.lock")}
+    started = _start(folder, workers=2, env=machine)
     yield started
     started.stop()
 
@@ -233,6 +238,46 @@ def test_the_workers_are_idle_and_hold_no_kernel_after_the_batch(both, cluster):
     assert cluster.workers(), "the workers should still be running"
     for worker in cluster.workers():
         assert [child.name() for child in worker.children(recursive=True) if child.name() == "bwrap"] == []
+
+
+# ============================================================================ speed checks take turns
+
+
+def timed_exercise() -> nbformat.NotebookNode:
+    """A tiny exercise whose check says when it measured (for two seconds) and under which lock."""
+    nb = grading_corpus.exercise_90()
+    nb.cells[0].source = (
+        "import asyncio, os, time\n"
+        "import labkit\n"
+        "from labkit.grading.checks import register\n\n"
+        '@register("ex91.timed")\n'
+        "async def _timed():\n"
+        "    start = time.time()\n"
+        "    await asyncio.sleep(2)\n"
+        "    return f\"measured from {start!r} to {time.time()!r} under {os.environ.get('LABKIT_CHECK_LOCK')}\""
+    )
+    nb.cells[2].source = 'await labkit.check("ex91.timed")'
+    nb.cells[2].metadata["labkit"] = {"check": "ex91.timed", "points": 1}
+    nb.metadata["labkit"] = {"exercise": "ex91", "lab": "91_timed"}
+    return nb
+
+
+def test_checks_on_one_machine_measure_in_turn_under_that_machines_lock(cluster, tmp_path):
+    solutions, submissions, out = tmp_path / "solutions", tmp_path / "submissions", tmp_path / "grades"
+    solutions.mkdir()
+    submissions.mkdir()
+    nbformat.write(timed_exercise(), solutions / "91_timed.ipynb")
+    for student in ("pat", "quin"):
+        nbformat.write(timed_exercise(), submissions / f"{student}.ipynb")
+    code, _, stderr = _grade(str(submissions), "--solutions", str(solutions), "--scheduler", cluster.address,
+                             "--out", str(out))
+    assert code == 0, stderr
+    rows = _rows(out)
+    assert [row["status"] for row in rows] == ["passed", "passed"], rows
+    words = [row["message"].split() for row in rows]
+    (_, first_end), (second_start, _) = sorted((float(said[2]), float(said[4])) for said in words)
+    assert first_end <= second_start, rows
+    assert {said[6] for said in words} == {str(cluster.folder / "this-machines-checks.lock")}, rows
 
 
 # ============================================================================ workers that die
