@@ -351,6 +351,35 @@ def test_a_worker_killed_mid_submission_is_graded_again_once_and_a_second_death_
     assert _kernels(own_cluster) == []
 
 
+def test_an_interrupted_grader_leaves_no_kernel_running_on_the_workers(cluster, tmp_path):
+    solutions, submissions, out = tmp_path / "solutions", tmp_path / "submissions", tmp_path / "grades"
+    solutions.mkdir()
+    submissions.mkdir()
+    nbformat.write(grading_corpus.exercise_90(), solutions / "90_tiny.ipynb")
+    nbformat.write(sleeper("una-is-here", 120), submissions / "una.ipynb")
+    grader = subprocess.Popen(
+        [LABKIT, "grade", str(submissions), "--solutions", str(solutions), "--scheduler", cluster.address,
+         "--timeout", "300", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any((work / "una-is-here").exists() for _, _, work in _kernels(cluster)):
+            assert grader.poll() is None and time.monotonic() < deadline, grader.stderr.read()
+            time.sleep(0.1)
+        grader.send_signal(signal.SIGINT)
+        _, stderr = grader.communicate(timeout=60)
+    finally:
+        if grader.poll() is None:
+            grader.kill()
+            grader.communicate()
+    assert grader.returncode == 130, stderr
+    assert "labkit: interrupted" in stderr
+    deadline = time.monotonic() + 30  # the task sees it was cancelled within a second, then stops the kernel
+    while _kernels(cluster) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _kernels(cluster) == []
+    assert not (out / "gradebook.csv").exists()
+
+
 # ============================================================================ bad input, one line each
 
 
