@@ -378,6 +378,12 @@ def test_an_interrupted_grader_leaves_no_kernel_running_on_the_workers(cluster, 
         time.sleep(0.2)
     assert _kernels(cluster) == []
     assert not (out / "gradebook.csv").exists()
+    from distributed import Client
+
+    with Client(cluster.address, set_as_default=False) as client:  # and the task has ended, its folder removed
+        while client.call_stack() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.call_stack() == {}
 
 
 # ============================================================================ bad input, one line each
