@@ -1,7 +1,8 @@
 """``labkit grade SUBMISSION...``: grade students' exercise notebooks and write the gradebook.
 
 Each submission runs in a fresh kernel against the canonical checks of its exercise (found in
-``--solutions``), several at once (``--jobs``). A progress line shows on stderr while it runs, a
+``--solutions``), several at once (``--jobs``), or on the workers of a Dask scheduler
+(``--scheduler tcp://HOST:PORT``, checked before ``--out`` is touched). A progress line shows on stderr while it runs, a
 summary table on stdout at the end, and ``--out`` receives ``gradebook.csv``, ``results/*.json``
 and ``feedback/*.md``. Exit status 0 when every submission was graded (zero scores and rejected
 notebooks included: they have their line in the gradebook), 1 when grading could not run or the

@@ -195,6 +195,7 @@ def grade_on_worker(task: _Task) -> _Done:
     if not detect().enabled:
         return _Done(_error(task, f"the Dask worker {here} cannot sandbox kernels ({detect().reason}); a notebook "
                                   f"there could reach the scheduler, so it was not run"), started)
+    _forget_nanny_environment()
     key = worker.get_current_task()
 
     def cancelled() -> bool:
@@ -204,6 +205,27 @@ def grade_on_worker(task: _Task) -> _Done:
     host = here.rpartition("://")[2].rpartition(":")[0]
     result = run_sync(lambda: _grade_here(task, task.threads_by_host.get(host, 1), cancelled))
     return _Done(result, started)
+
+
+#: What a Dask nanny puts in its worker's environment (``distributed.nanny.pre-spawn-environ``,
+#: and the hash seed it fixes), which kernels would inherit: BLAS libraries on one thread, a fixed
+#: ``hash()``. A kernel gets the environment a local run's kernel would have, without them.
+_NANNY_HASH_SEED = "6640"
+
+
+def _forget_nanny_environment() -> None:
+    """Remove from this worker's environment the variables its nanny set for the worker itself.
+
+    They served the worker process when it started; kernels started from it should not inherit
+    them. A variable whose value differs from the nanny's (set by someone else) is kept.
+    """
+    import dask
+
+    spawned = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    spawned.setdefault("PYTHONHASHSEED", _NANNY_HASH_SEED)
+    for name, value in spawned.items():
+        if os.environ.get(name) == str(value):
+            os.environ.pop(name, None)
 
 
 async def _grade_here(task: _Task, threads: int, cancelled: Callable[[], bool]) -> SubmissionResult:

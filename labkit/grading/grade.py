@@ -20,6 +20,14 @@ Every submission ends as one :class:`SubmissionResult`, whatever it does: a note
 crashes its kernel, is cut off mid-JSON or belongs to an unknown exercise gets zeros with the
 reason, and the batch goes on. Only a broken grading setup (no solutions, no kernel) is an error.
 
+On a Dask cluster
+-----------------
+With ``scheduler`` (``labkit grade --scheduler tcp://HOST:PORT``), the submissions are read here
+and each is sent, with its exercise, as one task to a Dask worker, which runs the same engine in
+the same sandbox and returns the :class:`SubmissionResult`; the gradebook is written here. How
+workers are checked, how a worker's death is survived and how checks take turns per machine:
+:mod:`labkit.grading._dask`.
+
 Speed checks and parallel grading
 ---------------------------------
 Checks that measure speed compare the student's code with a reference run on the same machine,
