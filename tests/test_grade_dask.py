@@ -482,6 +482,31 @@ def test_a_worker_without_labkit_is_one_line_naming_it(bare_scheduler, corpus_fi
     assert not out.exists()
 
 
+def test_a_worker_with_another_labkit_version_is_one_line_naming_both(bare_scheduler, corpus_files, tmp_path):
+    shadow = tmp_path / "shadow" / "labkit"
+    (shadow / "grading").mkdir(parents=True)
+    (shadow / "__init__.py").write_text("__version__ = '0.0.1'\n", encoding="utf-8")
+    (shadow / "grading" / "__init__.py").write_text("", encoding="utf-8")
+    (shadow / "grading" / "_dask.py").write_text(
+        "def worker_facts():\n    return {'version': '0.0.1', 'sandboxed': True, 'sandbox': 'sandbox: bubblewrap'}\n",
+        encoding="utf-8")
+    worker = _start_worker(bare_scheduler, "old-labkit", {**os.environ, "PYTHONPATH": str(shadow.parent)})
+    try:
+        solutions, submissions, out = corpus_files
+        code, _, stderr = _grade(str(submissions), "--solutions", str(solutions), "--scheduler",
+                                 bare_scheduler.address, "--out", str(out))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+    import labkit
+
+    assert code == 1
+    line = _one_line(stderr)
+    assert f"has labkit 0.0.1, but this grader runs labkit {labkit.__version__}" in line, line
+    assert not out.exists()
+
+
 def test_a_bad_scheduler_address_is_a_usage_error(corpus_files, capsys):
     solutions, submissions, out = corpus_files
     with pytest.raises(SystemExit) as exit_info:

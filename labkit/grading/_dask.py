@@ -320,10 +320,14 @@ def connect(address: str, *, connect_seconds: float | None = None,
         answers = client.run(eval, _FACTS, on_error="return")
         facts = {}
         for worker, answer in sorted(answers.items()):
-            if isinstance(answer, BaseException):
+            if isinstance(answer, ImportError):
                 raise GradeError(f"the Dask worker {worker} cannot import labkit ({type(answer).__name__}: "
                                  f"{str(answer)[:200]}); install this course (labkit {_version()}) in that "
                                  f"worker's Python")
+            if isinstance(answer, BaseException):
+                raise GradeError(f"the Dask worker {worker} could not say which labkit it has ("
+                                 f"{type(answer).__name__}: {str(answer)[:200]}); check that it runs, with "
+                                 f"labkit {_version()} installed, and grade again")
             if answer.get("version") != _version():
                 raise GradeError(f"the Dask worker {worker} has labkit {answer.get('version')}, but this grader "
                                  f"runs labkit {_version()}; install the same version on every worker")
