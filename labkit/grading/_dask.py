@@ -51,7 +51,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import labkit
 
@@ -60,6 +60,9 @@ from ._plan import Exercise
 from ._results import GradeError, GradeReport, SubmissionResult, SubmissionStatus
 from ._sandbox import describe_sandbox, detect
 from ._submissions import StudentNotebook, Submission
+
+if TYPE_CHECKING:
+    from .grade import GradeSettings, ProgressCallback
 
 __all__ = ["DaskCluster", "connect", "grade_on_cluster", "grade_on_worker", "worker_facts",
            "CONNECT_SECONDS", "WORKER_WAIT_SECONDS", "ATTEMPTS"]
@@ -107,7 +110,7 @@ class _Task:
     submission: Submission
     notebook: StudentNotebook
     exercise: Exercise
-    settings: Any  # GradeSettings: the client's, without its lock path (each machine uses its own)
+    settings: GradeSettings  # the client's, without its lock path (each machine uses its own)
     threads_by_host: Mapping[str, int]
     hidden: tuple[Path, ...]
     version: str
@@ -343,7 +346,7 @@ def connect(address: str, *, connect_seconds: float | None = None,
 
 
 def grade_on_cluster(cluster: DaskCluster, submissions: Sequence[Submission], exercises: Mapping[str, Exercise],
-                     settings: Any, progress: Any, hidden: Sequence[Path],
+                     settings: GradeSettings, progress: ProgressCallback | None, hidden: Sequence[Path],
                      notice: Callable[[str], None] | None = None) -> GradeReport:
     """Grade ``submissions`` on ``cluster``'s workers; one result each, in the order given.
 
