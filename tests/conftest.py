@@ -197,6 +197,7 @@ SLOW_TEST_FILES = (
     "test_exercise*.py",         # student notebooks in fresh kernels
     "test_grade.py",             # `labkit grade` over a corpus of submissions
     "test_grade_hostile.py",     # a batch of hostile submissions, graded for real
+    "test_grade_dask.py",        # labkit grade through a real Dask scheduler and workers
     "test_sandbox.py",           # kernels in bubblewrap sandboxes
     "test_external_clients.py",  # wrk and hey, from Debian's packages
     "*contract*",                # the contract suite

@@ -1,7 +1,8 @@
 """``labkit grade SUBMISSION...``: grade students' exercise notebooks and write the gradebook.
 
 Each submission runs in a fresh kernel against the canonical checks of its exercise (found in
-``--solutions``), several at once (``--jobs``). A progress line shows on stderr while it runs, a
+``--solutions``), several at once (``--jobs``), or on the workers of a Dask scheduler
+(``--scheduler tcp://HOST:PORT``, checked before ``--out`` is touched). A progress line shows on stderr while it runs, a
 summary table on stdout at the end, and ``--out`` receives ``gradebook.csv``, ``results/*.json``
 and ``feedback/*.md``. Exit status 0 when every submission was graded (zero scores and rejected
 notebooks included: they have their line in the gradebook), 1 when grading could not run or the
@@ -91,18 +92,7 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Grade the submissions and write the gradebook; see the module docstring for exit codes."""
-    from labkit.errors import ConfigurationError
-    from labkit.grading.grade import (
-        GradeError,
-        GradeSettings,
-        find_submissions,
-        grade,
-        load_solutions,
-        prepare_out,
-        sandbox_status,
-        summary_table,
-        write_gradebook,
-    )
+    from labkit.grading.grade import GradeError, connect_scheduler, load_solutions
 
     def fail(message: str) -> int:
         print(f"labkit grade: {message}", file=sys.stderr)
@@ -110,6 +100,36 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         exercises = load_solutions(args.solutions)
+    except GradeError as exc:
+        return fail(str(exc))
+    cluster = None
+    if args.scheduler is not None:
+        # Before --out is touched: a cluster that cannot grade leaves no trace there.
+        try:
+            cluster = connect_scheduler(args.scheduler)
+        except GradeError as exc:
+            return fail(str(exc))
+    try:
+        return _grade(args, exercises, cluster, fail)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _grade(args: argparse.Namespace, exercises: dict[str, Any], cluster: Any, fail: Callable[[str], int]) -> int:
+    from labkit.errors import ConfigurationError
+    from labkit.grading.grade import (
+        GradeError,
+        GradeSettings,
+        find_submissions,
+        grade,
+        prepare_out,
+        sandbox_status,
+        summary_table,
+        write_gradebook,
+    )
+
+    try:
         out = prepare_out(args.out)
     except GradeError as exc:
         return fail(str(exc))
@@ -131,13 +151,19 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:  # options that each parse but do not fit together: a usage error
         print(f"labkit grade: {exc}", file=sys.stderr)
         return 2
-    print(f"grading {len(submissions)} submission{'s' if len(submissions) != 1 else ''} with {settings.jobs} "
-          f"job{'s' if settings.jobs != 1 else ''}, against the {len(exercises)} "
-          f"exercise{'s' if len(exercises) != 1 else ''} in {args.solutions}; {sandbox_status()}",
-          file=sys.stderr, flush=True)
+    where = (f"on {cluster.describe()}" if cluster is not None else
+             f"with {settings.jobs} job{'s' if settings.jobs != 1 else ''}")
+    print(f"grading {len(submissions)} submission{'s' if len(submissions) != 1 else ''} {where}, against the "
+          f"{len(exercises)} exercise{'s' if len(exercises) != 1 else ''} in {args.solutions}"
+          + ("" if cluster is not None else f"; {sandbox_status()}"), file=sys.stderr, flush=True)
+
+    def notice(line: str) -> None:
+        print(f"labkit grade: note: {line}", file=sys.stderr, flush=True)
+
     try:
         # --out is hidden from the kernels too: nothing a student runs can read or write the grades.
-        report = grade(submissions, exercises, settings, progress=_Progress(sys.stderr), hidden=[out])
+        report = grade(submissions, exercises, settings, progress=_Progress(sys.stderr), hidden=[out],
+                       cluster=cluster, notice=notice)
     except GradeError as exc:
         return fail(str(exc))
     try:
@@ -145,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     except (GradeError, OSError) as exc:
         return fail(f"{out}: could not write the grades ({exc})")
     print(summary_table(report, width=shutil.get_terminal_size((100, 20)).columns))
-    print(f"\n{len(report.results)} graded in {report.seconds:.0f} s with {report.jobs} jobs; gradebook: "
+    how = f"on {report.jobs} Dask worker threads" if cluster is not None else f"with {report.jobs} jobs"
+    print(f"\n{len(report.results)} graded in {report.seconds:.0f} s {how}; gradebook: "
           f"{files.gradebook}, results: {out / 'results'}, feedback: {out / 'feedback'}")
     if not report.complete:
         return fail("the grader could not run some submissions (status 'error' above); fix the cause and "

@@ -20,6 +20,14 @@ Every submission ends as one :class:`SubmissionResult`, whatever it does: a note
 crashes its kernel, is cut off mid-JSON or belongs to an unknown exercise gets zeros with the
 reason, and the batch goes on. Only a broken grading setup (no solutions, no kernel) is an error.
 
+On a Dask cluster
+-----------------
+With ``scheduler`` (``labkit grade --scheduler tcp://HOST:PORT``), the submissions are read here
+and each is sent, with its exercise, as one task to a Dask worker, which runs the same engine in
+the same sandbox and returns the :class:`SubmissionResult`; the gradebook is written here. How
+workers are checked, how a worker's death is survived and how checks take turns per machine:
+:mod:`labkit.grading._dask`.
+
 Speed checks and parallel grading
 ---------------------------------
 Checks that measure speed compare the student's code with a reference run on the same machine,
@@ -107,7 +115,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labkit.errors import ConfigurationError
 
@@ -127,9 +135,12 @@ from ._outcomes import PartOutcome, cell_problems, part_outcome, problems_before
 from ._plan import Exercise, load_exercise, new_alias, plan_cells
 from ._results import GradeError, GradeReport, SubmissionResult, SubmissionStatus
 from ._sandbox import Room, SandboxInfo, describe_sandbox, detect
-from ._submissions import Submission, SubmissionError, find_submissions, read_submission
+from ._submissions import StudentNotebook, Submission, SubmissionError, find_submissions, read_submission
 from .checks import CHECK_LOCK_ENV
 from .notebook import AssignError, Part
+
+if TYPE_CHECKING:
+    from ._dask import DaskCluster
 
 __all__ = [
     "GradeError",
@@ -149,6 +160,7 @@ __all__ = [
     "default_lock_path",
     "ProgressCallback",
     "sandbox_status",
+    "connect_scheduler",
     # for front ends such as `labkit grade`: the --out folder, the closing table, names made safe to print
     "prepare_out",
     "summary_table",
@@ -215,6 +227,15 @@ def _jobs(text: str) -> int | str:
     return value
 
 
+def _scheduler_address(text: str) -> str:
+    address = text.strip()
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or (scheme and scheme not in ("tcp", "tls")):
+        raise ValueError(f"expected a Dask scheduler's address such as tcp://192.0.2.7:8786, got {text!r}")
+    return address if scheme else f"tcp://{address}"
+
+
 def _option(default: Any, flag: str, help: str, parse: Callable[[str], Any], metavar: str, **more: Any) -> Any:
     return field(default=default, metadata={"option": Option(flag, help, parse, metavar, **more)})
 
@@ -226,7 +247,9 @@ class GradeSettings:
     ``timeout``: seconds per cell. ``budget``: seconds per submission, restarts included (default
     ``BUDGET_CELLS`` cell timeouts). ``memory_limit``: bytes one kernel and its processes may hold
     (default: ``MEMORY_SHARE`` of the machine's memory, shared by the jobs). ``jobs``: submissions
-    graded at once. ``lock_path``: the machine-wide lock file of speed checks (default
+    graded at once. ``scheduler``: the address of a Dask scheduler whose workers grade the
+    submissions instead of this machine (:mod:`labkit.grading._dask`); ``jobs`` is then unused.
+    ``lock_path``: the machine-wide lock file of speed checks (default
     :func:`default_lock_path`). ``max_kernels``: kernel starts per submission before the grader
     gives up on it. ``extra_env``: environment variables added to every kernel's.
     """
@@ -241,6 +264,9 @@ class GradeSettings:
                                        default_text=f"{MEMORY_SHARE:.0%} of the machine's, shared by the jobs")
     jobs: int = _option(1, "--jobs", "submissions graded at once: a number, or 'max' for this machine's usable "
                         "cores", _jobs, "N", command_default="max")
+    scheduler: str | None = _option(None, "--scheduler", "grade on the Dask cluster of this scheduler, one "
+                                    "submission per worker thread, instead of this machine's --jobs",
+                                    _scheduler_address, "tcp://HOST:PORT", default_text="this machine alone")
     lock_path: Path | None = None
     max_kernels: int = MAX_KERNELS
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -313,6 +339,36 @@ def _guess_exercise(submission: Submission, exercises: Mapping[str, Exercise]) -
     return next((e for e in exercises.values() if stem in (e.id, e.path.stem)), None)
 
 
+def read_for_grading(submission: Submission,
+                     exercises: Mapping[str, Exercise]) -> SubmissionResult | tuple[StudentNotebook, Exercise]:
+    """Read one submission and find its exercise: ``(notebook, exercise)``, or the result that ends it.
+
+    A notebook that cannot be read, or belongs to no known exercise, ends here with its
+    ``rejected`` line (or ``error``, for a failure of the grader); only the others need a kernel.
+    """
+    try:
+        notebook = read_submission(submission.path)
+    except SubmissionError as exc:
+        guess = _guess_exercise(submission, exercises)
+        return SubmissionResult(submission, guess.id if guess else None, SubmissionStatus.REJECTED,
+                                message=str(exc), max_points=guess.points if guess else 0.0)
+    except Exception as exc:  # noqa: BLE001 - a grader failure: recorded on this submission's line, the batch goes on
+        guess = _guess_exercise(submission, exercises)
+        return SubmissionResult(
+            submission, guess.id if guess else None, SubmissionStatus.ERROR,
+            max_points=guess.points if guess else 0.0,
+            message=f"the grader could not read or plan this notebook ({type(exc).__name__}: "
+                    f"{str(exc)[:300]}); grade it again once fixed")
+    exercise = exercises.get(notebook.exercise)
+    if exercise is None:
+        known = ", ".join(sorted(exercises)) or "none"
+        return SubmissionResult(
+            submission, notebook.exercise, SubmissionStatus.REJECTED,
+            message=f"the notebook is exercise {notebook.exercise!r}, which has no solutions notebook "
+                    f"(known exercises: {known})")
+    return notebook, exercise
+
+
 class _Grader:
     """One grading run: shared turn for check cells, scratch folder, sandbox, settings."""
 
@@ -335,31 +391,15 @@ class _Grader:
     async def grade(self, submission: Submission) -> SubmissionResult:
         """Read, plan, run and score one submission; whatever happens, one result."""
         started = time.monotonic()
-        try:
-            result = await self._grade(submission)
-        except Exception as exc:  # noqa: BLE001 - a grader failure: recorded on this submission's line, the batch goes on
-            guess = _guess_exercise(submission, self.exercises)
-            result = SubmissionResult(
-                submission, guess.id if guess else None, SubmissionStatus.ERROR,
-                max_points=guess.points if guess else 0.0,
-                message=f"the grader could not read or plan this notebook ({type(exc).__name__}: "
-                        f"{str(exc)[:300]}); grade it again once fixed")
-        return replace(result, seconds=time.monotonic() - started)
+        read = read_for_grading(submission, self.exercises)
+        if isinstance(read, SubmissionResult):
+            return replace(read, seconds=time.monotonic() - started)
+        return await self.grade_read(submission, *read, started=started)
 
-    async def _grade(self, submission: Submission) -> SubmissionResult:
-        try:
-            notebook = read_submission(submission.path)
-        except SubmissionError as exc:
-            guess = _guess_exercise(submission, self.exercises)
-            return SubmissionResult(submission, guess.id if guess else None, SubmissionStatus.REJECTED,
-                                    message=str(exc), max_points=guess.points if guess else 0.0)
-        exercise = self.exercises.get(notebook.exercise)
-        if exercise is None:
-            known = ", ".join(sorted(self.exercises)) or "none"
-            return SubmissionResult(
-                submission, notebook.exercise, SubmissionStatus.REJECTED,
-                message=f"the notebook is exercise {notebook.exercise!r}, which has no solutions notebook "
-                        f"(known exercises: {known})")
+    async def grade_read(self, submission: Submission, notebook: StudentNotebook, exercise: Exercise, *,
+                         started: float | None = None) -> SubmissionResult:
+        """Run and score a submission already read (by :func:`read_for_grading`); one result."""
+        started = time.monotonic() if started is None else started
         try:
             result = await self._run(submission, notebook, exercise)
         except Exception as exc:  # noqa: BLE001 - a grader failure: recorded on this submission's line, the batch goes on
@@ -367,7 +407,7 @@ class _Grader:
                 submission, exercise.id, SubmissionStatus.ERROR, max_points=exercise.points,
                 message=f"the grader could not run this notebook ({type(exc).__name__}: {exc}); "
                         f"this is not the student's doing, grade it again once fixed")
-        return result
+        return replace(result, seconds=time.monotonic() - started)
 
     def _kernel_env(self, room: Room | None, keys: dict[int, bytes], number: int) -> dict[str, str]:
         """A fresh key for kernel ``number``, in a file of its room's private (0700) arm folder."""
@@ -488,17 +528,45 @@ async def _grade_all(submissions: Sequence[Submission], exercises: Mapping[str, 
 
 def grade(submissions: Sequence[Submission], exercises: Mapping[str, Exercise],
           settings: GradeSettings | None = None, *, progress: ProgressCallback | None = None,
-          hidden: Sequence[str | os.PathLike[str]] = ()) -> GradeReport:
+          hidden: Sequence[str | os.PathLike[str]] = (), cluster: DaskCluster | None = None,
+          notice: Callable[[str], None] | None = None) -> GradeReport:
     """Grade ``submissions`` against ``exercises`` (from :func:`load_solutions`); one result each.
 
     ``progress(done, total, running_students, finished_result)`` is called when a submission
     starts (``finished_result`` is ``None``) and when it ends. ``hidden``: folders the kernels must
     not see (the gradebook's ``--out``); the solutions' folders are always hidden from sandboxed
-    kernels. Raises :class:`GradeError` only for a run that cannot start (no submissions); a
-    submission's own trouble is in its result.
+    kernels. Raises :class:`GradeError` only for a run that cannot start (no submissions, a Dask
+    scheduler that cannot be used); a submission's own trouble is in its result.
+
+    With ``settings.scheduler`` (or a ``cluster`` from :func:`connect_scheduler`, kept open by the
+    caller), the submissions are graded by the Dask workers of that scheduler, one task each,
+    and ``notice(line)`` hears of workers that died under a submission. Points and statuses are
+    those of a local run; only what the checks measured may differ in their messages.
     """
     if not submissions:
         raise GradeError("no submissions to grade; give notebook files, folders of them, or glob patterns")
     settings = settings or GradeSettings()
     folders = [Path(folder) for folder in hidden]
+    if cluster is not None:
+        from ._dask import grade_on_cluster
+
+        return grade_on_cluster(cluster, submissions, exercises, settings, progress, folders, notice)
+    if settings.scheduler is not None:
+        with connect_scheduler(settings.scheduler) as opened:
+            return grade(submissions, exercises, settings, progress=progress, hidden=hidden, cluster=opened,
+                         notice=notice)
     return run_sync(lambda: _grade_all(submissions, exercises, settings, progress, folders))
+
+
+def connect_scheduler(address: str) -> DaskCluster:
+    """Connect to the Dask scheduler at ``address`` and check that its workers can grade.
+
+    Waits a bounded time for a first worker, then asks every worker for its labkit version and
+    sandbox. Raises :class:`GradeError` with one line saying what to do when the scheduler cannot
+    be reached, has no worker, or a worker lacks labkit (or has another version, or no sandbox).
+    Use it as a context manager, or call ``close()``; :meth:`DaskCluster.describe` gives one line
+    about the cluster for the start of a run.
+    """
+    from ._dask import connect
+
+    return connect(address)
