@@ -41,6 +41,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not dete
 
 LABKIT = str(Path(sys.executable).with_name("labkit"))
 STARTUP_SECONDS = 60
+GRACE_SECONDS = 20  # for a nanny to stop its worker and a tracker to unlink its semaphores
 
 
 @dataclass
@@ -52,13 +53,8 @@ class DaskProcesses:
     folder: Path
 
     def stop(self) -> None:
-        """Kill every process group (nannies, workers, their kernels) and reap the leaders."""
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-        for process in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
+        """Stop every process group (nannies, workers, their kernels), as :func:`_stop_group` does."""
+        _stop_groups(self.processes)
 
     def workers(self) -> list[psutil.Process]:
         """The live worker processes (the nannies' children that run tasks)."""
@@ -69,6 +65,39 @@ class DaskProcesses:
                     if "multiprocessing.resource_tracker" not in " ".join(child.cmdline()):
                         found.append(child)
         return found
+
+
+def _stop_groups(leaders: list[subprocess.Popen]) -> None:
+    """Stop process groups the way an operator would: SIGTERM, then SIGKILL what is left.
+
+    A nanny asked to stop (SIGTERM) closes its worker and exits; its ``multiprocessing`` resource
+    tracker, which ignores SIGTERM, then unlinks the nanny's named semaphores (six per nanny, in
+    /dev/shm) and exits too. SIGKILL to the whole group at once would kill the tracker with the
+    nanny and leave those semaphores behind for good, so it only comes after a grace period.
+    """
+    for leader in leaders:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(leader.pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    for leader in leaders:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leader.wait(timeout=max(0.1, deadline - time.monotonic()))
+    while time.monotonic() < deadline and any(_group_alive(leader.pid) for leader in leaders):
+        time.sleep(0.1)  # the trackers finish unlinking once their nanny has gone
+    for leader in leaders:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(leader.pid, signal.SIGKILL)
+    for leader in leaders:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leader.wait(timeout=10)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _start(folder: Path, workers: int, env: dict[str, str] | None = None) -> DaskProcesses:
@@ -472,9 +501,7 @@ def test_a_worker_without_labkit_is_one_line_naming_it(bare_scheduler, corpus_fi
         code, _, stderr = _grade(str(submissions), "--solutions", str(solutions), "--scheduler",
                                  bare_scheduler.address, "--out", str(out))
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=10)
+        _stop_groups([worker])
     assert code == 1
     line = _one_line(stderr)
     assert "the Dask worker tcp://127.0.0.1:" in line and "cannot import labkit" in line, line
@@ -496,9 +523,7 @@ def test_a_worker_with_another_labkit_version_is_one_line_naming_both(bare_sched
         code, _, stderr = _grade(str(submissions), "--solutions", str(solutions), "--scheduler",
                                  bare_scheduler.address, "--out", str(out))
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=10)
+        _stop_groups([worker])
     import labkit
 
     assert code == 1
