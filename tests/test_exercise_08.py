@@ -53,8 +53,8 @@ def batch(send: str = "scatter", tasks: str = "few", via: str = "map", pure: boo
     """A run_batch as a student may write it.
 
     ``send``: how the array travels: "scatter" (broadcast), "scatter_one" (to one worker), "inline"
-    (an argument of every task), "closure" (inside each task's function), or "worker_global" (put in
-    each worker's memory with client.run, which the scheduler knows nothing of).
+    (an argument of every task), "closure" (inside each task's function), or "worker_global" (an
+    attribute of each worker, set with client.run, which the scheduler knows nothing of).
     ``tasks``: "few" (four per worker), "per_item" (one per item) or "one" (a single task).
     ``via``: "map" (client.map), "executor" (client.get_executor().map), "submit" or "delayed".
     """
@@ -62,11 +62,13 @@ def batch(send: str = "scatter", tasks: str = "few", via: str = "map", pure: boo
     def run_chunk(fn, data, chunk):
         return [fn(data, item) for item in chunk]
 
-    def keep(data):
-        globals()["KEPT_ARRAY"] = data
+    def keep(data, dask_worker):
+        dask_worker.kept_array = data  # client.run hands the function its worker by this name
 
     def run_chunk_kept(fn, chunk):
-        return [fn(globals()["KEPT_ARRAY"], item) for item in chunk]
+        from distributed import get_worker
+
+        return [fn(get_worker().kept_array, item) for item in chunk]
 
     def run_batch(client, fn, data, items):
         workers = len(client.scheduler_info(n_workers=-1)["workers"])
@@ -143,7 +145,7 @@ def test_data_kept_in_a_workers_memory_is_lost_with_the_worker():
     good = batch(send="worker_global")
     run(check_send_once(good))
     run(check_grain(good))
-    with pytest.raises(Fail, match="after worker 0 was killed mid-batch, run_batch raised KeyError") as failed:
+    with pytest.raises(Fail, match="after worker 0 was killed mid-batch, run_batch raised AttributeError") as failed:
         run(check_survives(good))
     message = teaches_without_the_answer(str(failed.value))
     assert "its replacement starts empty" in message and "from its arguments" in message

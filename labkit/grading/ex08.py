@@ -2,19 +2,26 @@
 
 The student writes ``run_batch(client, fn, data, items)``: the list ``[fn(data, item) for item in
 items]``, computed by the workers of the Dask cluster behind ``client``. ``data`` is one large
-array that every item needs. Each check starts a cluster of its own (a
+array (16 MB); each item reads a stretch of it that the item picks, so every task needs all of it,
+and one item computes for about a millisecond (:func:`near`). Each check starts a cluster of its own (a
 :class:`~labkit.dask_cluster.DaskCluster`, so it controls every process), hands the student a
 client of it, and judges by measurement what the batch did there::
 
     kernel: run_batch(client, fn, data, items) ── tasks, data ──▶ scheduler ──▶ workers
                                                                   │
-                                   _Meter, a scheduler plugin: ───┘
+                                   the meter, a scheduler plugin: ┘
                                    - the bytes inside each task as it arrives (update_graph)
                                    - the bytes of every scatter (the scheduler's handlers)
                                    - each finished task's compute time (transition)
 
 The meter lives in the scheduler process, which the check started: the student's code in the
 kernel never touches it, and what it weighs does not depend on how fast anything ran.
+
+Dask's ``pure=True`` default (identical calls computed once) needs no check here: ``fn`` is pure
+and no two chunks of distinct items are identical, so collapsing could only skip repeated work.
+Data a batch puts in the workers' memory behind the scheduler's back (``client.run``) is not
+weighed by the meter; ``ex08.survives`` shows what it costs: the replacement of a killed worker
+starts without it.
 
 - ``ex08.right``: the results equal the serial ones (``fn`` called in this kernel), in order.
 - ``ex08.send_once``: the array entered the cluster once. Every copy that travels inside a task
@@ -403,8 +410,11 @@ def _kill_and_hold(bench: _Bench) -> str:
     """SIGKILL worker 0; hold worker 1 stopped until worker 0's replacement has joined. What happened."""
     workers = {w.index: w for w in bench.cluster.workers()}
     bench.cluster.kill_worker(0)
+    stop = getattr(signal, "SIGSTOP", None)  # POSIX only: elsewhere the newcomer joins when it can
+    if stop is None:
+        return "killed"
     held = workers[1].pid
-    os.kill(held, signal.SIGSTOP)
+    os.kill(held, stop)
     try:
         deadline = time.monotonic() + _REPLACEMENT_SECONDS
         while not _replacement_joined(bench, workers[0].address):
@@ -413,7 +423,7 @@ def _kill_and_hold(bench: _Bench) -> str:
             time.sleep(0.05)
         time.sleep(0.5)  # let the newcomer take queued tasks before worker 1 competes again
     finally:
-        os.kill(held, signal.SIGCONT)
+        os.kill(held, signal.SIGCONT)  # type: ignore[attr-defined,unused-ignore]  # POSIX, as SIGSTOP
     return "killed and replaced"
 
 
