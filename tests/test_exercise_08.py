@@ -142,6 +142,7 @@ def test_one_task_for_everything_leaves_a_worker_idle():
 def test_data_kept_in_a_workers_memory_is_lost_with_the_worker():
     # The attempt that "passes without understanding": the array reaches each worker once (client.run),
     # the tasks are coarse, the results right; but the scheduler does not know the data exists.
+    before = _semaphores()
     good = batch(send="worker_global")
     run(check_send_once(good))
     run(check_grain(good))
@@ -149,6 +150,7 @@ def test_data_kept_in_a_workers_memory_is_lost_with_the_worker():
         run(check_survives(good))
     message = teaches_without_the_answer(str(failed.value))
     assert "its replacement starts empty" in message and "from its arguments" in message
+    assert not _new_orphan_semaphores(before), "a killed worker's cluster left its nannies' semaphores behind"
 
 
 # ------------------------------------------------------------------------------ right batches pass
