@@ -15,8 +15,10 @@ import csv
 import io
 import re
 import shutil
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import EXERCISES, SOLUTIONS
 
@@ -142,15 +144,15 @@ def test_one_task_for_everything_leaves_a_worker_idle():
 def test_data_kept_in_a_workers_memory_is_lost_with_the_worker():
     # The attempt that "passes without understanding": the array reaches each worker once (client.run),
     # the tasks are coarse, the results right; but the scheduler does not know the data exists.
-    before = _semaphores()
     good = batch(send="worker_global")
     run(check_send_once(good))
     run(check_grain(good))
-    with pytest.raises(Fail, match="after worker 0 was killed mid-batch, run_batch raised AttributeError") as failed:
+    with SemaphoreWatch() as watch, pytest.raises(
+            Fail, match="after worker 0 was killed mid-batch, run_batch raised AttributeError") as failed:
         run(check_survives(good))
     message = teaches_without_the_answer(str(failed.value))
     assert "its replacement starts empty" in message and "from its arguments" in message
-    assert not _new_orphan_semaphores(before), "a killed worker's cluster left its nannies' semaphores behind"
+    assert not watch.orphans(), "a cluster with a killed worker left its nannies' semaphores behind"
 
 
 # ------------------------------------------------------------------------------ right batches pass
@@ -200,27 +202,64 @@ def test_the_hidden_check_catches_a_batch_fitted_to_two_workers():
 # ------------------------------------------------------------------------------ notebooks
 
 
-def _new_orphan_semaphores(before: set[str]) -> set[str]:
-    """Named semaphores created since ``before`` that no live process maps (left behind)."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        return set()
-    inodes = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        with contextlib.suppress(OSError):
-            inodes.update(int(line.split()[4]) for line in maps.read_text(errors="replace").splitlines()
-                          if "/dev/shm/" in line)
-    orphans = set()
-    for path in shm.glob("sem.mp-*"):
-        with contextlib.suppress(OSError):
-            if path.name not in before and path.stat().st_ino not in inodes:
-                orphans.add(path.name)
-    return orphans
+class SemaphoreWatch:
+    """Named semaphores (``/dev/shm/sem.mp-*``) that this test's own processes left behind.
 
+    /dev/shm is shared with every program on the machine, and other programs' Dask nannies leave
+    orphans there too, so a semaphore counts as ours only if one of our processes (this one and
+    its descendants: the clusters' nannies and workers) was seen mapping it while the test ran.
+    A process maps a named semaphore under a temporary name, so mappings are matched by inode.
+    """
 
-def _semaphores() -> set[str]:
-    shm = Path("/dev/shm")
-    return {p.name for p in shm.glob("sem.mp-*")} if shm.is_dir() else set()
+    def __init__(self) -> None:
+        self.before = self._names()
+        self.seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _names() -> set[str]:
+        shm = Path("/dev/shm")
+        return {p.name for p in shm.glob("sem.mp-*")} if shm.is_dir() else set()
+
+    @staticmethod
+    def _mapped(pids) -> set[int]:
+        inodes = set()
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                lines = Path(f"/proc/{pid}/maps").read_text(errors="replace").splitlines()
+                inodes.update(int(line.split()[4]) for line in lines if "/dev/shm/" in line)
+        return inodes
+
+    def _ours(self) -> list[int]:
+        me = psutil.Process()
+        try:
+            return [me.pid, *(child.pid for child in me.children(recursive=True))]
+        except psutil.Error:
+            return [me.pid]
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self.seen |= self._mapped(self._ours())
+
+    def __enter__(self) -> SemaphoreWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def orphans(self) -> set[str]:
+        """Our semaphores that still exist although no live process maps them."""
+        live = self._mapped(int(p.name) for p in Path("/proc").glob("[0-9]*"))
+        left = set()
+        for name in self._names() - self.before:
+            with contextlib.suppress(OSError):
+                inode = (Path("/dev/shm") / name).stat().st_ino
+                if inode in self.seen and inode not in live:
+                    left.add(name)
+        return left
 
 
 def test_the_untouched_exercise_fails_every_part_with_a_next_step(capsys):
@@ -232,7 +271,6 @@ def test_the_untouched_exercise_fails_every_part_with_a_next_step(capsys):
 
 
 def test_labkit_grade_gives_the_solution_full_marks_and_the_untouched_exercise_zero(tmp_path):
-    before = _semaphores()
     solutions = tmp_path / "solutions"
     solutions.mkdir()
     shutil.copy(SOLUTION_08, solutions)
@@ -241,11 +279,12 @@ def test_labkit_grade_gives_the_solution_full_marks_and_the_untouched_exercise_z
         (submissions / student).mkdir(parents=True)
         shutil.copy(notebook, submissions / student)
     out = tmp_path / "grades"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with SemaphoreWatch() as watch, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         assert main(["grade", str(submissions), "--solutions", str(solutions), "--jobs", "2",
                      "--timeout", "120", "--out", str(out)]) == 0
     with open(out / "gradebook.csv", encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     score = {student: sum(float(r["points"]) for r in rows if r["student"] == student) for student in ("ada", "bob")}
     assert score == {"ada": 9, "bob": 0}, [(r["student"], r["part"], r["points"], r["message"]) for r in rows]
-    assert not _new_orphan_semaphores(before), "a Dask nanny's semaphores were left behind"
+    assert not watch.orphans(), "a Dask nanny's semaphores were left behind"
