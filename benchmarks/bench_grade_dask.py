@@ -67,6 +67,15 @@ def dask_cluster(folder: Path, workers: int) -> Iterator[str]:
             client.wait_for_workers(workers, timeout=STARTUP_SECONDS)
         yield address
     finally:
+        # SIGTERM first: a nanny then stops its worker, and its resource tracker (which ignores
+        # SIGTERM) unlinks the nanny's named semaphores; SIGKILL to the group at once would leave them.
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+        time.sleep(1)  # the trackers finish once their nanny has gone
         for process in processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
