@@ -182,9 +182,15 @@ def test_pure_python_in_a_thread_pool_passes_nothing_without_understanding_the_g
     with pytest.raises(Fail) as failed:
         run(check_responsive(service(primes="thread", hashes="thread")))
     message = teaches_without_the_answer(str(failed.value))
-    assert re.search(r"while only /primes requests loaded the app, 1 process of the cluster computed, "
-                     rf"for {USABLE} usable cores \(the cluster used \d+\.\d\d cores\)", message), message
-    assert "pure Python" in message and "runs with a GIL" in message and "one core between them" in message
+    # Two true verdicts, depending on how the GIL was shared: usually the loop stays free and the
+    # cores sit idle; on a busy machine the pool's threads may also hold the GIL long enough to block
+    # the loop. Both must name the one computing process and the GIL.
+    idle = re.search(r"while only /primes requests loaded the app, 1 process of the cluster computed, "
+                     rf"for {USABLE} usable cores \(the cluster used \d+\.\d\d cores\)", message)
+    blocked = ("the loop is blocked: while /primes requests loaded the app" in message
+               and "Only 1 process of the cluster computed meanwhile" in message)
+    assert idle or blocked, message
+    assert "pure Python" in message and "runs with a GIL" in message
 
 
 @pytest.mark.skipif(USABLE < 2, reason="with one usable core, one process computing is the whole machine")

@@ -165,7 +165,7 @@ def test_a_speedup_is_judged_against_the_delivered_parallelism():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"workers": 1, "balance": "round-robin"}, "leaves 1 of this machine's"),
+    ({"workers": 1, "balance": "round-robin"}, "1 of the usable cores stays idle"),
     ({"workers": "max", "balance": "os"}, "balance='os' leaves the choice of worker to the kernel"),
     ({"workers": "max", "balance": "round-robin", "port": 8080}, "sets port"),
     ({"balance": "round-robin"}, "does not say how many workers"),

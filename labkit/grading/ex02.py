@@ -111,7 +111,8 @@ def _count(number: int, noun: str) -> str:
 def _idle_message(workers: int, usable: int) -> str:
     return (f"{_count(workers, 'worker')} on a machine where this process may use {_count(usable, 'core')}: every "
             "request of this service keeps a core busy for its whole duration, and a worker computes one request "
-            f"at a time, so {usable - workers} of the usable cores stay idle while requests wait in line")
+            f"at a time, so {usable - workers} of the usable cores "
+            f"{'stays' if usable - workers == 1 else 'stay'} idle while requests wait in line")
 
 
 def _oversubscribed_message(workers: int, usable: int, measured: tuple[float, LoadReport, LoadReport, int] | None
