@@ -125,7 +125,9 @@ def _places() -> dict[str, tuple[Any, str]]:
             if name.startswith("__") or (module.__name__, name) in _RUNTIME_STATE:
                 continue
             places[f"{module.__name__}.{name}"] = (module, name)
-            if isinstance(value, type) and str(type.__dict__["__module__"].__get__(value)).startswith("labkit"):
+            # A real class (on Python 3.10, an alias such as ``tuple[str, ...]`` also passes isinstance(type)).
+            if (isinstance(value, type) and not isinstance(value, types.GenericAlias)
+                    and str(type.__dict__["__module__"].__get__(value)).startswith("labkit")):
                 classes[id(value)] = value
     for cls in classes.values():
         owner = f"{cls.__module__}.{cls.__qualname__}"
