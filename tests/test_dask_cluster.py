@@ -22,19 +22,7 @@ from labkit.errors import ConfigurationError
 
 pytest.importorskip("distributed")
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    with DaskCluster(2) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    from distributed import Client
-
-    with Client(cluster.address, set_as_default=False) as connected:
-        yield connected
+from dask_fixtures import client, cluster  # noqa: E402, F401  (module-scoped fixtures)
 
 
 def _listening_ports(pid: int) -> set[tuple[str, int]]:

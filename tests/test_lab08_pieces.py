@@ -15,21 +15,7 @@ from labkit.workloads import count_primes
 
 pytest.importorskip("distributed")
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    from labkit.dask_cluster import DaskCluster
-
-    with DaskCluster(2) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    from distributed import Client
-
-    with Client(cluster.address, set_as_default=False) as connected:
-        yield connected
+from dask_fixtures import client, cluster  # noqa: E402, F401  (module-scoped fixtures)
 
 
 def test_identical_submissions_are_one_task_unless_marked_impure(client):
