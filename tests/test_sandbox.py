@@ -13,6 +13,7 @@ import shutil
 import socket
 import stat
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,3 +264,44 @@ def test_the_private_tmp_and_dev_shm_hold_no_more_than_the_kernels_memory_limit(
     (run,) = run_sync(engine.run)
     assert run.fate is CellFate.OK
     assert nb.cells[0].outputs[0]["text"].split() == [str(limit), str(limit)]
+
+
+@needs_bwrap
+def test_an_interpreter_and_labkit_that_live_in_tmp_are_seen_by_the_kernel_and_their_checkout_is_not(
+        tmp_path, monkeypatch):
+    # A CI job may clone the course and make its venv in /tmp, which the sandbox replaces with an
+    # empty tmpfs: a checkout there, with a venv inside, labkit and a solutions folder beside it.
+    import subprocess
+    import venv
+
+    from labkit.grading import _sandbox
+
+    info = detect()
+    if not info.enabled:
+        pytest.skip(info.reason)
+    checkout = Path(tempfile.mkdtemp(dir="/tmp", prefix="labkit-checkout-"))
+    try:
+        shutil.copytree(ROOT / "labkit", checkout / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
+        (checkout / "solutions").mkdir()
+        (checkout / "solutions" / "secret.ipynb").write_text("{}")
+        venv.create(checkout / "venv", with_pip=False)
+        python = checkout / "venv" / "bin" / "python"
+        site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        here = [entry for entry in sys.path if entry.endswith("site-packages")]  # numpy, psutil, ...
+        Path(site, "course.pth").write_text("\n".join([str(checkout), *here]) + "\n")
+        monkeypatch.setattr(sys, "prefix", str(checkout / "venv"))
+        monkeypatch.setattr(sys, "exec_prefix", str(checkout / "venv"))
+        monkeypatch.setattr(sys, "executable", str(python))
+        monkeypatch.setattr(_sandbox, "__file__", str(checkout / "labkit" / "grading" / "_sandbox.py"))
+        room = Room.make(tmp_path, "room")
+        probe = ("import os, labkit; print(labkit.__file__); "
+                 f"print(os.path.exists({str(checkout / 'solutions' / 'secret.ipynb')!r}))")
+        done = subprocess.run(_sandbox.sandbox_command(info.tool, [str(python), "-c", probe], room),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        where, solutions_seen = done.stdout.split()
+        assert Path(where).is_relative_to(checkout / "labkit")  # the kernel imports the checkout's labkit
+        assert solutions_seen == "False"  # but only labkit's folder is bound back, not the checkout
+    finally:
+        shutil.rmtree(checkout, ignore_errors=True)

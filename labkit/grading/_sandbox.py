@@ -171,6 +171,8 @@ def sandbox_command(tool: str, command: Sequence[str], room: Room, *, read_only:
     memory, which the memory watch does not see there); the grader gives the kernel's memory limit.
     """
     options = [tool, *_base_options(tmpfs_bytes)]
+    for folder in _python_under_private_folders():  # an interpreter or labkit that lives in /tmp
+        options += ["--ro-bind", str(folder), str(folder)]
     for folder in (room.work, room.ipc, room.state, room.arm):
         options += ["--bind", str(folder), str(folder)]
     read_only = [Path(path) for path in read_only]
@@ -194,12 +196,35 @@ def sandbox_command(tool: str, command: Sequence[str], room: Room, *, read_only:
     return options + list(command)
 
 
-def _holds_python(folder: Path) -> bool:
-    """Whether hiding ``folder`` would hide the interpreter or labkit itself (never hidden)."""
+#: The folders that the sandbox replaces with empty ones of its own (``_base_options``).
+_PRIVATE_FOLDERS = (Path("/tmp"), Path("/dev/shm"))
+
+
+def _python_folders() -> list[Path]:
+    """What a kernel needs to see to start: the interpreter's prefixes and labkit's package folder."""
     import sys
 
-    needed = [Path(sys.prefix).resolve(), Path(__file__).resolve().parents[1]]
-    return any(path == folder or folder in path.parents for path in needed)
+    folders = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.exec_prefix).resolve(),
+               Path(sys.executable).resolve().parent, Path(__file__).resolve().parents[1]}
+    return sorted(folders, key=lambda path: len(path.parts))
+
+
+def _python_under_private_folders() -> list[Path]:
+    """The folders of :func:`_python_folders` that lie in ``/tmp`` or ``/dev/shm``.
+
+    A virtual environment or a checkout made in ``/tmp`` (as a CI job may make it) would vanish
+    under the sandbox's fresh ``/tmp``, and the kernel could not start; these are bound back,
+    read-only. Only labkit's own package folder is, not the checkout around it, so a solutions
+    folder beside it stays out of sight.
+    """
+    private = [folder.resolve() for folder in _PRIVATE_FOLDERS if folder.exists()]
+    under = [path for path in _python_folders() if any(top in path.parents for top in private)]
+    return [path for path in under if not any(other in path.parents for other in under)]
+
+
+def _holds_python(folder: Path) -> bool:
+    """Whether hiding ``folder`` would hide the interpreter or labkit itself (never hidden)."""
+    return any(path == folder or folder in path.parents for path in _python_folders())
 
 
 def kernel_process(launcher_pid: int) -> int | None:
