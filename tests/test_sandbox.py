@@ -64,7 +64,8 @@ def sandboxed(tmp_path_factory) -> SandboxRun:
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0)
     port = listener.getsockname()[1]
-    readonly_target = ROOT / "tests" / f".sandbox-write-{secrets.token_hex(4)}"
+    # labkit's own folder: visible read-only in every sandbox, even when the checkout lives in /tmp
+    readonly_target = ROOT / "labkit" / f".sandbox-write-{secrets.token_hex(4)}"
     sleeper = f"import time; time.sleep(120)  # {marker}"
     sources = [
         # 0: what the kernel sees of processes, its key folder, the network and the file system
@@ -288,20 +289,20 @@ def test_an_interpreter_and_labkit_that_live_in_tmp_are_seen_by_the_kernel_and_t
         python = checkout / "venv" / "bin" / "python"
         site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                               capture_output=True, text=True, check=True).stdout.strip()
-        here = [entry for entry in sys.path if entry.endswith("site-packages")]  # numpy, psutil, ...
-        Path(site, "course.pth").write_text("\n".join([str(checkout), *here]) + "\n")
+        Path(site, "course.pth").write_text(f"{checkout}\n")  # as an editable install of the checkout
         monkeypatch.setattr(sys, "prefix", str(checkout / "venv"))
         monkeypatch.setattr(sys, "exec_prefix", str(checkout / "venv"))
         monkeypatch.setattr(sys, "executable", str(python))
         monkeypatch.setattr(_sandbox, "__file__", str(checkout / "labkit" / "grading" / "_sandbox.py"))
         room = Room.make(tmp_path, "room")
-        probe = ("import os, labkit; print(labkit.__file__); "
+        # find_spec locates labkit without running it (its dependencies live in this venv, not that one)
+        probe = ("import importlib.util, os; print(importlib.util.find_spec('labkit').origin); "
                  f"print(os.path.exists({str(checkout / 'solutions' / 'secret.ipynb')!r}))")
         done = subprocess.run(_sandbox.sandbox_command(info.tool, [str(python), "-c", probe], room),
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         where, solutions_seen = done.stdout.split()
-        assert Path(where).is_relative_to(checkout / "labkit")  # the kernel imports the checkout's labkit
+        assert Path(where).is_relative_to(checkout / "labkit")  # the kernel finds the checkout's labkit
         assert solutions_seen == "False"  # but only labkit's folder is bound back, not the checkout
     finally:
         shutil.rmtree(checkout, ignore_errors=True)

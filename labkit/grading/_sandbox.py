@@ -15,6 +15,7 @@ the corridor through a locked glass door, and everything left behind is cleared 
     room/arm    --bind (rw), 0700, one key file ---> same path: read once by the grader's first cell
     checks' lock file --ro-bind------------------------> same path (flock works on a read-only fd)
     /  --ro-bind (read-only) ; /tmp, /dev/shm: fresh tmpfs ; /proc of its own PID namespace
+    a venv or labkit that lives in /tmp --ro-bind--> same path (labkit's folder, not its checkout)
     solutions, --out and submissions' folders: hidden under an empty read-only tmpfs (a folder
     that holds Python or labkit itself cannot be hidden: its submission files are blanked instead)
 
