@@ -115,11 +115,15 @@ def describe_sandbox(info: SandboxInfo) -> str:
             f"can leave, and can see this user's files")
 
 
+#: The folders that the sandbox replaces with empty, private ones of its own (``_base_options``).
+_PRIVATE_FOLDERS = (Path("/dev/shm"), Path("/tmp"))
+
+
 def _base_options(tmpfs_bytes: int | None = None) -> list[str]:
     size = ["--size", str(tmpfs_bytes)] if tmpfs_bytes else []
-    return ["--ro-bind", "/", "/", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", "--proc", "/proc",
-            *size, "--tmpfs", "/tmp", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--cap-drop", "ALL", "--die-with-parent"]
+    private = [option for folder in _PRIVATE_FOLDERS for option in (*size, "--tmpfs", str(folder))]
+    return ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *private, "--unshare-pid", "--unshare-net",
+            "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--cap-drop", "ALL", "--die-with-parent"]
 
 
 @dataclass(frozen=True)
@@ -197,17 +201,12 @@ def sandbox_command(tool: str, command: Sequence[str], room: Room, *, read_only:
     return options + list(command)
 
 
-#: The folders that the sandbox replaces with empty ones of its own (``_base_options``).
-_PRIVATE_FOLDERS = (Path("/tmp"), Path("/dev/shm"))
-
-
-def _python_folders() -> list[Path]:
+def _python_folders() -> set[Path]:
     """What a kernel needs to see to start: the interpreter's prefixes and labkit's package folder."""
     import sys
 
-    folders = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.exec_prefix).resolve(),
-               Path(sys.executable).resolve().parent, Path(__file__).resolve().parents[1]}
-    return sorted(folders, key=lambda path: len(path.parts))
+    return {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.exec_prefix).resolve(),
+            Path(sys.executable).resolve().parent, Path(__file__).resolve().parents[1]}
 
 
 def _python_under_private_folders() -> list[Path]:
