@@ -9,11 +9,19 @@ new shared-memory segments and no listening sockets beyond the ones it started w
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import psutil
 import pytest
 from helpers import is_interpreter_helper, wait_until
+
+# A shell starts a background job (`bash .ci/run &`, nohup) with SIGINT ignored, and that carries
+# over to every process the tests start: a grader sent SIGINT, as Ctrl-C in a terminal would, then
+# ignores it and the test waits in vain (seen in a CI rehearsal started that way). Give the run the
+# Ctrl-C of a terminal; a child that installs no handler of its own then gets the default one.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SHM = Path("/dev/shm")
 
