@@ -20,6 +20,7 @@ Default sizes take roughly 0.1 to 0.5 s on one core of a current laptop.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -114,6 +115,12 @@ def blur(image: np.ndarray, radius: int = 4, out: np.ndarray | None = None) -> n
     Edges are handled by clamping (the nearest edge pixel repeats). Computed with cumulative sums,
     so the cost does not grow with ``radius``. Writes into ``out`` when given (it may be a view
     into shared memory) and returns it.
+
+    The sums live in a scratch array that each thread keeps for the next call of the same size,
+    so a worker that blurs frame after frame into ``out`` allocates nothing per frame. Allocating
+    afresh would cost more than the arithmetic, and unevenly: whether the C allocator hands the
+    memory back to the operating system after each frame (and pays page faults to get it back)
+    depends on the process's history, so two workers doing the same work could differ two-fold.
     """
     import numpy as np
 
@@ -121,16 +128,51 @@ def blur(image: np.ndarray, radius: int = 4, out: np.ndarray | None = None) -> n
         raise ConfigurationError(f"blur expects a 2-D array, got shape {image.shape}")
     if radius < 0:
         raise ConfigurationError(f"radius must be non-negative, got {radius}")
+    if 0 in image.shape:
+        raise ConfigurationError(f"blur got an image of shape {image.shape}, with an empty axis: it needs at least "
+                                 "one row and one column (there is no edge pixel to repeat)")
+    height, width = image.shape
     size = 2 * radius + 1
-    padded = np.pad(np.asarray(image, dtype=np.float64), radius, mode="edge")
-    summed = padded.cumsum(axis=0).cumsum(axis=1)
-    summed = np.pad(summed, ((1, 0), (1, 0)))
-    window = summed[size:, size:] - summed[:-size, size:] - summed[size:, :-size] + summed[:-size, :-size]
-    result = window / (size * size)
-    if out is None:
+    # The summed-area table, with a row and a column of zeros in front: the cumulative sums of an
+    # array whose first row and column are zero are the zero-padded sums of the rest of it.
+    table = _scratch((height + 2 * radius + 1, width + 2 * radius + 1))
+    table[0, :] = 0
+    table[:, 0] = 0
+    padded = table[1:, 1:]
+    padded[radius:radius + height, radius:radius + width] = image
+    padded[radius:radius + height, :radius] = padded[radius:radius + height, radius:radius + 1]
+    padded[radius:radius + height, radius + width:] = padded[radius:radius + height, radius + width - 1:radius + width]
+    padded[:radius, :] = padded[radius:radius + 1, :]
+    padded[radius + height:, :] = padded[radius + height - 1:radius + height, :]
+    np.cumsum(table, axis=0, out=table)
+    np.cumsum(table, axis=1, out=table)
+    direct = out is not None and out.dtype == np.float64 and out.shape == image.shape
+    result: np.ndarray = out if direct else np.empty(image.shape)  # type: ignore[assignment]  # direct: not None
+    np.subtract(table[size:, size:], table[:-size, size:], out=result)
+    np.subtract(result, table[size:, :-size], out=result)
+    np.add(result, table[:-size, :-size], out=result)
+    np.divide(result, size * size, out=result)
+    if out is None or direct:
         return result
     out[...] = result
     return out
+
+
+#: The largest scratch table :func:`blur` keeps between calls (bytes); a larger one is freed after use.
+_SCRATCH_KEPT_BYTES = 64 * 2**20
+_scratch_of_thread = threading.local()
+
+
+def _scratch(shape: tuple[int, int]) -> np.ndarray:
+    """A float64 array of ``shape`` for this thread's use until its next call (contents undefined)."""
+    import numpy as np
+
+    kept = getattr(_scratch_of_thread, "table", None)
+    if kept is not None and kept.shape == shape:
+        return kept
+    table = np.empty(shape)
+    _scratch_of_thread.table = table if table.nbytes <= _SCRATCH_KEPT_BYTES else None
+    return table
 
 
 def io_wait(seconds: float = 0.1) -> float:

@@ -69,15 +69,15 @@ def test_one_task_blurring_everything_fails_sharing_with_its_share_of_the_work(t
 
 
 def test_a_crash_in_the_bands_names_the_image_and_what_went_wrong(tmp_path):
-    # The halo not clamped at the top: whole[-4:hi] is an empty slice, and numpy's own error alone
-    # ("can't extend empty axis 0") would say nothing about which image or why.
+    # The halo not clamped at the top: whole[-4:hi] is an empty slice, and blur's own error alone
+    # ("an empty axis") would say nothing about which image or why.
     path = edited_notebook(SOLUTION_05, {
         HALO: "    lo, hi = start - radius, min(len(whole), stop + radius)\n",
     }, tmp_path / "unclamped.ipynb")
     parts = outcomes_by_part(path)
     exact = parts["ex05.exact"]
     assert not exact.passed
-    assert "for a 1021x768 image and radius 4, parallel_blur raised ValueError" in exact.message
+    assert "for a 1021x768 image and radius 4, parallel_blur raised ConfigurationError" in exact.message
     assert "a negative index counts from the bottom" in exact.message
 
 

@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import threading
 import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -86,6 +88,39 @@ def test_blur_writes_into_out_when_given():
 def test_blur_rejects_a_one_dimensional_array():
     with pytest.raises(ConfigurationError, match="2-D"):
         blur(np.zeros(5))
+
+
+def test_blur_rejects_an_image_with_no_rows_by_name():
+    with pytest.raises(ConfigurationError, match=r"shape \(0, 7\), with an empty axis"):
+        blur(np.zeros((0, 7)))
+
+
+@pytest.mark.parametrize("radius", [0, 1, 4])
+def test_blur_gives_the_same_answer_whatever_size_came_before_on_this_thread_and_on_others(radius):
+    rng = np.random.default_rng(7)
+    small, large = rng.integers(0, 256, (9, 13)).astype(np.uint8), rng.random((40, 31))
+    first = [blur(small, radius), blur(large, radius)]
+    again = [blur(small, radius), blur(large, radius)]  # the scratch table changed size in between
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    with ThreadPoolExecutor(4) as threads:  # each thread sums in a table of its own
+        for result in threads.map(lambda image: blur(image, radius), [small, large] * 20):
+            assert any(result.shape == a.shape and np.array_equal(result, a) for a in first)
+    in_place = large.copy()
+    assert blur(in_place, radius, out=in_place) is in_place and np.array_equal(in_place, first[1])
+    narrow = np.empty(small.shape, np.float32)
+    assert np.array_equal(blur(small, radius, out=narrow), first[0].astype(np.float32))
+
+
+def test_blur_into_out_takes_no_new_memory_after_its_first_frame():
+    image, out = make_image(256, 384, seed=2), np.empty((256, 384))
+    blur(image, 4, out=out)
+    tracemalloc.start()
+    try:
+        blur(image, 4, out=out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < image.nbytes / 4  # a temporary of the frame's size would be all of it
 
 
 def test_make_image_is_deterministic_for_a_seed():

@@ -15,8 +15,8 @@ workers that each blur the whole image do a whole blur per task. The serial blur
 same tasks: right after the student's function returns,
 the task blurs a whole reference photo of the same size and times that too, so both sides of the
 comparison are measured in the same process, moments apart, under the same load (a busy machine
-makes a blur's CPU time vary by half or more from one second to the next, mostly in page faults on
-blur's temporaries). Every worker blurs the reference photo once first, as a warm-up.
+makes a blur's CPU time vary by half or more from one second to the next). Every worker blurs the
+reference photo once first, as a warm-up.
 
 The test images hold whole numbers (an 8-bit photo, 0 to 255), so every sum the box blur makes is
 exact in floating point, and a correct banded blur equals the serial one bit for bit.
@@ -272,7 +272,7 @@ async def _run(parallel_blur, cases: list[tuple[Any, int]], *, timed: bool = Fal
         if timed:
             image, radius = cases[0]
             warm_ups = [pool.submit(_reference_blur_cpu, image.shape, radius) for _ in range(workers)]
-            for future in warm_ups:  # makes each worker's photo, pays its first page faults, imports
+            for future in warm_ups:  # makes each worker's photo and blur scratch, imports numpy
                 await asyncio.wrap_future(future)
         for image, radius in cases:
             before = _my_segments()
