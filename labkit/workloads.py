@@ -147,7 +147,7 @@ def blur(image: np.ndarray, radius: int = 4, out: np.ndarray | None = None) -> n
     np.cumsum(table, axis=0, out=table)
     np.cumsum(table, axis=1, out=table)
     direct = out is not None and out.dtype == np.float64 and out.shape == image.shape
-    result: np.ndarray = out if direct else np.empty(image.shape)  # type: ignore[assignment]  # direct: not None
+    result = out if direct and out is not None else np.empty(image.shape)
     np.subtract(table[size:, size:], table[:-size, size:], out=result)
     np.subtract(result, table[size:, :-size], out=result)
     np.add(result, table[:-size, :-size], out=result)
